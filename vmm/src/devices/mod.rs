@@ -1,0 +1,6 @@
+//! Emulated devices and the buses that reach them.
+
+pub mod bus;
+pub mod legacy;
+pub mod slots;
+pub mod virtio;
