@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Builds husk's guest initramfs: the static guest agent as /init, packed by
+# husk-mkinitramfs into ${HUSK_BUILD_DIR:-<repo>/build}/guest/initramfs.cpio
+# (next to it: husk-agent, the agent as packed, without debug info).
+#
+# Usage: scripts/build-guest.sh [--release]
+#
+# The kernel is built separately by kernel-config/build.sh.
+set -euo pipefail
+
+usage() {
+    echo "usage: $0 [--release]" >&2
+    exit 2
+}
+
+profile=debug
+for arg in "$@"; do
+    case "$arg" in
+        --release) profile=release ;;
+        -h|--help) usage ;;
+        *) echo "build-guest: unknown argument: $arg" >&2; usage ;;
+    esac
+done
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build_dir="${HUSK_BUILD_DIR:-$repo/build}"
+out_dir="$build_dir/guest"
+target=x86_64-unknown-linux-gnu
+cargo_profile_args=()
+if [[ $profile == release ]]; then
+    cargo_profile_args=(--release)
+fi
+
+cd "$repo"
+target_dir="$(cargo metadata --format-version 1 --no-deps \
+    | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+if [[ -z $target_dir ]]; then
+    echo "build-guest: cannot find cargo's target directory" >&2
+    exit 1
+fi
+
+# The agent: static glibc (no musl here). --target keeps RUSTFLAGS away from
+# host tools and gives the static build its own directory, so switching
+# between this and host builds does not rebuild everything.
+echo "build-guest: building husk-agent ($profile, static)" >&2
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build -p husk-agent --target "$target" "${cargo_profile_args[@]}"
+agent="$target_dir/$target/$profile/husk-agent"
+
+# The kernel starts /init with no loader; a dynamic binary would fail to exec.
+file_out="$(file -b "$agent")"
+if [[ $file_out != *"statically linked"* && $file_out != *"static-pie linked"* ]]; then
+    echo "build-guest: $agent is not statically linked: $file_out" >&2
+    exit 1
+fi
+if readelf -l "$agent" 2>/dev/null | grep -q 'INTERP'; then
+    echo "build-guest: $agent has a program interpreter (dynamic loader)" >&2
+    exit 1
+fi
+
+echo "build-guest: building husk-mkinitramfs" >&2
+cargo build -p husk-vmm --bin husk-mkinitramfs "${cargo_profile_args[@]}"
+mkinitramfs="$target_dir/$profile/husk-mkinitramfs"
+
+mkdir -p "$out_dir"
+# Debug info would make up most of the initramfs, which the guest keeps in
+# RAM; the symbols stay for backtraces, and the full binary stays in target/.
+guest_agent="$out_dir/husk-agent"
+strip --strip-debug -o "$guest_agent" "$agent"
+
+initramfs="$out_dir/initramfs.cpio"
+"$mkinitramfs" --output "$initramfs" --init "$guest_agent"
+
+echo "build-guest: wrote $initramfs ($(stat -c %s "$initramfs") bytes)" >&2
+sha256sum "$initramfs"
