@@ -1,6 +1,7 @@
 //! Loading the kernel and initramfs, and the Linux 64-bit boot protocol's zero page.
 
 use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
@@ -23,6 +24,10 @@ const HDR_MAGIC: u32 = 0x5372_6448;
 const LOADER_UNDEFINED: u8 = 0xff;
 /// vmlinux is linked at 16 MiB and wants that alignment.
 const KERNEL_ALIGNMENT: u32 = 0x100_0000;
+/// `EI_CLASS` of a 64-bit ELF.
+const ELF_CLASS_64: u8 = 2;
+/// `e_machine` of x86_64.
+const ELF_MACHINE_X86_64: u16 = 0x3e;
 /// Guest page size, for initramfs alignment.
 const PAGE_SIZE: u64 = 4096;
 
@@ -36,6 +41,12 @@ pub enum BootError {
         path: String,
         /// Cause.
         source: std::io::Error,
+    },
+    /// The kernel file is not a 64-bit x86 ELF.
+    #[error("kernel {path} is not an x86_64 ELF (vmlinux)")]
+    NotX86_64Elf {
+        /// Path given.
+        path: String,
     },
     /// The kernel is not a loadable vmlinux ELF, or does not fit in guest memory.
     #[error("cannot load kernel (expected an x86_64 vmlinux ELF that fits in guest memory): {0}")]
@@ -99,6 +110,16 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         path: path.display().to_string(),
         source,
     })?;
+    let mut ident = [0u8; 20];
+    let is_x86_64_elf = file.read_exact(&mut ident).is_ok()
+        && ident[..4] == *b"\x7fELF"
+        && ident[4] == ELF_CLASS_64
+        && u16::from_le_bytes([ident[18], ident[19]]) == ELF_MACHINE_X86_64;
+    if !is_x86_64_elf {
+        return Err(BootError::NotX86_64Elf {
+            path: path.display().to_string(),
+        });
+    }
     let res = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
         .map_err(BootError::LoadKernel)?;
     Ok(LoadedKernel {
@@ -307,6 +328,32 @@ mod tests {
         let mem = 64u64 << 20;
         assert!(place_initramfs(mem, 0x300_0000, 40 << 20).is_err());
         assert!(place_initramfs(mem, 0, mem + 1).is_err());
+    }
+
+    #[test]
+    fn non_elf_and_32_bit_kernels_are_refused() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let dir = std::env::temp_dir().join(format!("husk-boot-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = dir.join("text");
+        std::fs::write(&text, "not a kernel at all, just text").unwrap();
+        let elf32 = dir.join("elf32");
+        let mut hdr = vec![0u8; 64];
+        hdr[..4].copy_from_slice(b"\x7fELF");
+        hdr[4] = 1;
+        hdr[18] = 3;
+        std::fs::write(&elf32, &hdr).unwrap();
+        for p in [&text, &elf32] {
+            assert!(matches!(
+                load_kernel(&mem, p),
+                Err(BootError::NotX86_64Elf { .. })
+            ));
+        }
+        assert!(matches!(
+            load_kernel(&mem, &dir.join("missing")),
+            Err(BootError::OpenKernel { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

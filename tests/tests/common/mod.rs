@@ -1,0 +1,136 @@
+//! Shared pieces of the VM tests: where the built artifacts are, and parsing what the
+//! guest prints.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// The files a VM test needs, as built by `kernel-config/build.sh`,
+/// `scripts/build-guest.sh` and `cargo build`.
+pub struct Artifacts {
+    pub vmm: PathBuf,
+    pub vmlinux: PathBuf,
+    pub initramfs: PathBuf,
+    /// The release of the guest kernel that `kernel-config/` built.
+    pub kernel_release: String,
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The directory holding the workspace's binaries for this test build.
+pub fn bin_dir() -> PathBuf {
+    // Integration tests run from target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+impl Artifacts {
+    /// Finds the artifacts, or panics saying which build step is missing.
+    pub fn locate() -> Self {
+        let build = std::env::var_os("HUSK_BUILD_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("build"))
+            .join("guest");
+        let need = |p: PathBuf, how: &str| {
+            assert!(p.is_file(), "{} is missing: run {how}", p.display());
+            p
+        };
+        let vmm = need(bin_dir().join("husk-vmm"), "cargo build -p husk-vmm");
+        let vmlinux = need(build.join("vmlinux"), "kernel-config/build.sh");
+        let release_file = need(build.join("kernel-release"), "kernel-config/build.sh");
+        let initramfs = need(build.join("initramfs.cpio"), "scripts/build-guest.sh");
+        let kernel_release = std::fs::read_to_string(release_file)
+            .expect("read kernel-release")
+            .trim()
+            .to_string();
+        assert!(!kernel_release.is_empty(), "empty kernel-release");
+        Self {
+            vmm,
+            vmlinux,
+            initramfs,
+            kernel_release,
+        }
+    }
+}
+
+/// The agent's readiness report.
+#[derive(Debug, serde::Deserialize)]
+pub struct Ready {
+    pub kernel_release: String,
+    pub uptime_ms: u64,
+    pub vcpus: Option<u32>,
+    pub ram_kib: Option<u64>,
+    pub mem_total_kib: u64,
+    pub agent_version: String,
+}
+
+/// Parses the `HUSK-READY {json}` line in `text`; panics if there is none or it is bad.
+pub fn ready_line(text: &str) -> Ready {
+    let json = text
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix("HUSK-READY "))
+        .unwrap_or_else(|| panic!("no HUSK-READY line in:\n{text}"));
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("bad HUSK-READY line {json:?}: {e}"))
+}
+
+/// The text between `BEGIN <name>` and `END <name> exit=<code>` in a job's output, and the
+/// code.
+pub fn section<'a>(out: &'a str, name: &str) -> (&'a str, i32) {
+    let begin = format!("BEGIN {name}\n");
+    let end = format!("END {name} exit=");
+    let start = out
+        .find(&begin)
+        .unwrap_or_else(|| panic!("no section {name} in:\n{out}"))
+        + begin.len();
+    let len = out[start..]
+        .find(&end)
+        .unwrap_or_else(|| panic!("section {name} never ended in:\n{out}"));
+    let body = &out[start..start + len];
+    let code = out[start + len + end.len()..]
+        .lines()
+        .next()
+        .and_then(|c| c.trim().parse().ok())
+        .unwrap_or_else(|| panic!("section {name} has no exit code"));
+    (body, code)
+}
+
+/// A minimal x86_64 ELF whose only instruction at 1 MiB is `ud2`: with the VMM's empty IDT
+/// the guest triple-faults at once.
+pub fn triple_fault_elf() -> Vec<u8> {
+    const ENTRY: u64 = 0x10_0000;
+    let code = [0x0f, 0x0b]; // ud2
+    let mut elf = Vec::new();
+    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    elf.extend_from_slice(&[0; 8]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&ENTRY.to_le_bytes());
+    elf.extend_from_slice(&64u64.to_le_bytes()); // program headers right after
+    elf.extend_from_slice(&0u64.to_le_bytes()); // no section headers
+    elf.extend_from_slice(&0u32.to_le_bytes());
+    elf.extend_from_slice(&64u16.to_le_bytes());
+    elf.extend_from_slice(&56u16.to_le_bytes());
+    elf.extend_from_slice(&1u16.to_le_bytes());
+    elf.extend_from_slice(&[0; 6]);
+    assert_eq!(elf.len(), 64);
+    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    elf.extend_from_slice(&120u64.to_le_bytes()); // offset of the code
+    elf.extend_from_slice(&ENTRY.to_le_bytes());
+    elf.extend_from_slice(&ENTRY.to_le_bytes());
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    elf.extend_from_slice(&0x1000u64.to_le_bytes());
+    assert_eq!(elf.len(), 120);
+    elf.extend_from_slice(&code);
+    elf
+}
