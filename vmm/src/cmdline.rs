@@ -44,7 +44,9 @@ pub struct Cmdline {
 }
 
 fn check_word(word: &str) -> Result<(), CmdlineError> {
-    let bad = word.is_empty() || word == "--" || word.chars().any(|c| c.is_whitespace() || c.is_control());
+    let bad = word.is_empty()
+        || word == "--"
+        || word.chars().any(|c| c.is_whitespace() || c.is_control());
     if bad {
         return Err(CmdlineError::InvalidWord(word.to_string()));
     }
@@ -113,9 +115,7 @@ mod tests {
         c.virtio_mmio_device(0xd000_0000, 0x1000, 5);
         let s = c.render().unwrap();
         assert!(s.starts_with("console=ttyS0 reboot=k panic=-1 "));
-        assert!(s.ends_with(
-            " loglevel=7 virtio_mmio.device=4K@0xd0000000:5 -- --poweroff"
-        ));
+        assert!(s.ends_with(" loglevel=7 virtio_mmio.device=4K@0xd0000000:5 -- --poweroff"));
     }
 
     #[test]

@@ -153,7 +153,10 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::KernelMissing(_))));
         let mut c = valid();
         c.initramfs = Some("/nonexistent/initramfs".into());
-        assert!(matches!(c.validate(), Err(ConfigError::InitramfsMissing(_))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::InitramfsMissing(_))
+        ));
     }
 
     #[test]
@@ -166,7 +169,10 @@ mod tests {
         assert_eq!(with(0, 128).validate(), Err(ConfigError::VcpuCount(0)));
         assert_eq!(with(33, 128).validate(), Err(ConfigError::VcpuCount(33)));
         assert_eq!(with(32, 128).validate(), Ok(()));
-        assert_eq!(with(1, 63).validate(), Err(ConfigError::TooLittleMemory(63)));
+        assert_eq!(
+            with(1, 63).validate(),
+            Err(ConfigError::TooLittleMemory(63))
+        );
         assert_eq!(with(1, 64).validate(), Ok(()));
         assert_eq!(
             with(1, MAX_MEMORY_MIB + 1).validate(),

@@ -69,7 +69,10 @@ impl fmt::Display for VmExit {
             VmExit::Reset => write!(f, "guest reset the machine (reboot or kernel panic)"),
             VmExit::TripleFault { vcpu } => write!(f, "vCPU {vcpu} triple-faulted"),
             VmExit::FailEntry { vcpu, reason } => {
-                write!(f, "vCPU {vcpu} failed to enter the guest (reason {reason:#x})")
+                write!(
+                    f,
+                    "vCPU {vcpu} failed to enter the guest (reason {reason:#x})"
+                )
             }
             VmExit::InternalError { vcpu } => write!(f, "KVM internal error on vCPU {vcpu}"),
             VmExit::Crash { vcpu } => write!(f, "guest reported a crash on vCPU {vcpu}"),

@@ -107,11 +107,13 @@ impl Vcpu {
         mmio: Arc<Bus>,
         exit: ExitNotifier,
     ) -> Result<Self, VcpuError> {
-        let fd = vm.create_vcpu(u64::from(id)).map_err(|source| VcpuError::Kvm {
-            vcpu: id,
-            what: "KVM_CREATE_VCPU",
-            source,
-        })?;
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VcpuError::Kvm {
+                vcpu: id,
+                what: "KVM_CREATE_VCPU",
+                source,
+            })?;
         Ok(Self {
             id,
             fd,
@@ -133,7 +135,12 @@ impl Vcpu {
     }
 
     /// Sets CPUID, MSRs, long-mode registers at `entry`, FPU and LAPIC. Created → Configured.
-    pub fn configure(&mut self, base_cpuid: &CpuId, count: u8, entry: u64) -> Result<(), VcpuError> {
+    pub fn configure(
+        &mut self,
+        base_cpuid: &CpuId,
+        count: u8,
+        entry: u64,
+    ) -> Result<(), VcpuError> {
         if self.state != VcpuState::Created {
             return Err(VcpuError::State {
                 vcpu: self.id,
@@ -147,7 +154,10 @@ impl Vcpu {
             .map_err(self.kvm_err("KVM_SET_CPUID2"))?;
 
         let msrs = msr::boot_msrs()?;
-        let set = self.fd.set_msrs(&msrs).map_err(self.kvm_err("KVM_SET_MSRS"))?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(self.kvm_err("KVM_SET_MSRS"))?;
         if set != msrs.as_slice().len() {
             return Err(VcpuError::Msrs {
                 vcpu: self.id,
@@ -234,7 +244,9 @@ impl Vcpu {
                 Step::Continue
             }
             Ok(VcpuExit::Shutdown) => Step::Stop(Some(VmExit::TripleFault { vcpu })),
-            Ok(VcpuExit::FailEntry(reason, _)) => Step::Stop(Some(VmExit::FailEntry { vcpu, reason })),
+            Ok(VcpuExit::FailEntry(reason, _)) => {
+                Step::Stop(Some(VmExit::FailEntry { vcpu, reason }))
+            }
             Ok(VcpuExit::InternalError) => Step::Stop(Some(VmExit::InternalError { vcpu })),
             Ok(VcpuExit::SystemEvent(kind, _)) => Step::Stop(Some(match kind {
                 SYSTEM_EVENT_SHUTDOWN => VmExit::PowerOff,

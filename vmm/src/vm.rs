@@ -16,7 +16,7 @@ use crate::cmdline::{Cmdline, CmdlineError};
 use crate::config::{ConsoleOutput, VmConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{
-    I8042, PowerRegister, SerialConsole, I8042_PORT, I8042_PORT_LEN, POWER_PORT, SERIAL_PORT,
+    PowerRegister, SerialConsole, I8042, I8042_PORT, I8042_PORT_LEN, POWER_PORT, SERIAL_PORT,
     SERIAL_PORT_LEN,
 };
 use crate::exit::{ExitNotifier, VmExit};
@@ -155,7 +155,8 @@ fn setup_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap, VmError> {
         // SAFETY: the region maps memory owned by `mem`, which the VM keeps alive for as long
         // as the VM exists (it is returned to the caller and held until the process ends),
         // and slots do not overlap because `ram_ranges` returns disjoint ranges.
-        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(mem)
 }
@@ -218,7 +219,8 @@ impl Vm {
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()

@@ -66,7 +66,14 @@ mod tests {
     fn slots_are_consecutive_until_irqs_run_out() {
         let mut a = SlotAllocator::default();
         let first = a.allocate().unwrap();
-        assert_eq!(first, MmioSlot { base: 0xd000_0000, size: 0x1000, irq: 5 });
+        assert_eq!(
+            first,
+            MmioSlot {
+                base: 0xd000_0000,
+                size: 0x1000,
+                irq: 5
+            }
+        );
         let second = a.allocate().unwrap();
         assert_eq!((second.base, second.irq), (0xd000_1000, 6));
         let rest = (7..24).map(|_| a.allocate().unwrap()).count();
