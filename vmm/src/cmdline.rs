@@ -78,7 +78,7 @@ impl Cmdline {
 
     /// Announces a virtio-mmio device so that the guest probes it.
     pub fn virtio_mmio_device(&mut self, base: u64, size: u64, irq: u32) -> &mut Self {
-        let size = if size % 1024 == 0 {
+        let size = if size.is_multiple_of(1024) {
             format!("{}K", size / 1024)
         } else {
             size.to_string()

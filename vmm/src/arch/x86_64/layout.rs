@@ -59,6 +59,17 @@ pub const SERIAL_IRQ: u32 = 4;
 /// First IRQ handed to virtio-mmio devices.
 pub const VIRTIO_IRQ_START: u32 = 5;
 
+// The fixed areas must not overlap; checked when compiling.
+const _: () = {
+    assert!(GDT_START + 4 * 8 <= IDT_START);
+    assert!(IDT_START + 8 <= ZERO_PAGE_START);
+    assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
+    assert!(BOOT_STACK_POINTER < PML4_START);
+    assert!(PDE_START + 4096 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(VIRTIO_MMIO_START >= MMIO_GAP_START && IOAPIC_START < MMIO_GAP_END);
+};
+
 /// The guest RAM ranges (start, length) for a guest of `mem_size` bytes.
 pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
     if mem_size <= MMIO_GAP_START {
@@ -92,16 +103,5 @@ mod tests {
         assert_eq!(r, vec![(0, MMIO_GAP_START), (MMIO_GAP_END, 1 << 30)]);
         assert_eq!(r.iter().map(|r| r.1).sum::<u64>(), 4 << 30);
         assert_eq!(lowmem_end(4 << 30), MMIO_GAP_START);
-    }
-
-    #[test]
-    fn fixed_areas_do_not_overlap() {
-        assert!(GDT_START + 4 * 8 <= IDT_START);
-        assert!(IDT_START + 8 <= ZERO_PAGE_START);
-        assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
-        assert!(BOOT_STACK_POINTER < PML4_START);
-        assert!(PDE_START + 4096 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(VIRTIO_MMIO_START >= MMIO_GAP_START && IOAPIC_START < MMIO_GAP_END);
     }
 }
