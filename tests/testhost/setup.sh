@@ -4,7 +4,9 @@
 # Downloads Debian's stock linux-image-6.1.0-*-amd64 package (not installed, only
 # unpacked) and lays it out under
 #   ${HUSK_CACHE_DIR:-/var/cache/husk}/testhost/<kernel-release>/
-#     vmlinuz                   the bzImage QEMU boots
+#     vmlinuz                   the bzImage as packaged
+#     vmlinux                   the uncompressed ELF kernel, which QEMU boots by
+#                               PVH: no decompression under emulation (~3 s saved)
 #     config                    the kernel's .config
 #     lib/modules/<release>/    the whole module tree, uncompressed, with modules.dep
 #     release                   the kernel release, e.g. 6.1.0-56-amd64
@@ -18,8 +20,8 @@
 #   HUSK_TESTHOST_KERNEL_PKG   exact package, e.g. linux-image-6.1.0-56-amd64
 #                              (default: the newest linux-image-6.1.0-N-amd64 apt knows)
 #
-# Needs: apt-get, apt-cache, dpkg-deb, depmod (kmod), flock (util-linux);
-# xz or zstd only if the package ships compressed modules.
+# Needs: apt-get, apt-cache, dpkg-deb, depmod (kmod), flock (util-linux), grep,
+# xz-utils (the kernel image is xz-compressed; zstd/gzip images work too).
 set -euo pipefail
 
 log() { echo "husk testhost setup: $*" >&2; }
@@ -83,6 +85,26 @@ decompress_modules() {
     echo "$n"
 }
 
+# Writes the ELF kernel inside bzImage $1 to $2 (as the kernel's own
+# scripts/extract-vmlinux does: try each compressed-stream magic).
+extract_vmlinux() {
+    local img="$1" out="$2" magic off
+    for magic in '\xfd7zXZ\x00' '\x28\xb5\x2f\xfd' '\x1f\x8b\x08'; do
+        for off in $(LC_ALL=C grep -obUaP "$magic" "$img" | cut -d: -f1); do
+            case "$magic" in
+            *xfd7zXZ*) tail -c +$((off + 1)) "$img" | xz -dcq >"$out" 2>/dev/null || true ;;
+            *x28*) tail -c +$((off + 1)) "$img" | zstd -dcq >"$out" 2>/dev/null || true ;;
+            *) tail -c +$((off + 1)) "$img" | gzip -dcq >"$out" 2>/dev/null || true ;;
+            esac
+            if [ "$(head -c 4 "$out" | od -An -tx1 | tr -d ' ')" = 7f454c46 ]; then
+                return 0
+            fi
+        done
+    done
+    rm -f "$out"
+    return 1
+}
+
 prepare() {
     local pkg="$1" release="$2" dest="$3"
     local work
@@ -118,6 +140,9 @@ prepare() {
     mv "$modsrc" "$work/out/lib/modules/$release"
     rm -rf "$work/root"
 
+    extract_vmlinux "$work/out/vmlinuz" "$work/out/vmlinux" ||
+        log "warning: could not extract vmlinux; QEMU will boot the slower bzImage"
+
     local n
     n="$(decompress_modules "$work/out/lib/modules/$release")"
     [ "$n" = 0 ] || log "decompressed $n modules"
@@ -145,6 +170,16 @@ main() {
     release="${pkg#linux-image-}"
     dest="$cache_root/$release"
 
+    # Directories prepared before vmlinux was extracted get it now.
+    if [ -f "$dest/.complete" ] && [ ! -f "$dest/vmlinux" ]; then
+        exec 9>"$cache_root/.lock"
+        flock 9
+        if [ ! -f "$dest/vmlinux" ]; then
+            extract_vmlinux "$dest/vmlinuz" "$dest/vmlinux.tmp" &&
+                mv "$dest/vmlinux.tmp" "$dest/vmlinux" && log "extracted $dest/vmlinux"
+        fi
+        flock -u 9
+    fi
     if [ ! -f "$dest/.complete" ]; then
         exec 9>"$cache_root/.lock"
         flock 9

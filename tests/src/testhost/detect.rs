@@ -93,7 +93,14 @@ fn emulated_probe(reason: String) -> Result<EmulatedHost, String> {
         .map_err(|e| format!("{}/release: {e}", l2_kernel.display()))?
         .trim()
         .to_string();
+    let vmlinux = l2_kernel.join("vmlinux");
+    let boot_image = if vmlinux.is_file() {
+        vmlinux
+    } else {
+        l2_kernel.join("vmlinuz")
+    };
     Ok(EmulatedHost {
+        boot_image,
         l2_kernel,
         kernel_release,
         qemu,

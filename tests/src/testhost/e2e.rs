@@ -78,3 +78,37 @@ fn timeout_kills_the_host_and_keeps_the_output() {
         other => panic!("expected a timeout, got {other}"),
     }
 }
+
+/// With `host_root`, the host's programs run there without being listed as
+/// files: L2 shares this machine's root over 9p under a tmpfs overlay.
+#[test]
+fn host_root_runs_host_programs() {
+    let kind = require_kvm_host!();
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let out = run(&Job::new(format!(
+        "set -e\n\
+         cmp {manifest} \"$HUSK_FILES/data\"\n\
+         ldd /bin/sh >/dev/null\n\
+         test -c /dev/kvm\n\
+         echo ok\n\
+         if [ \"$HUSK_TESTHOST\" = emulated ]; then\n\
+           grep -q '^overlay / overlay' /proc/mounts\n\
+           echo written >/etc/husk-testhost-probe && cat /etc/husk-testhost-probe\n\
+         fi\n"
+    ))
+    .file(manifest, "data")
+    .host_root(true))
+    .expect("run");
+    assert_eq!(
+        out.exit_code, 0,
+        "output:\n{}\nconsole:\n{}",
+        out.stdout, out.console
+    );
+    if kind.is_emulated() {
+        assert_eq!(out.stdout, "ok\nwritten\n");
+        // The write went to L2's overlay, not to this machine.
+        assert!(!std::path::Path::new("/etc/husk-testhost-probe").exists());
+    } else {
+        assert_eq!(out.stdout, "ok\n");
+    }
+}

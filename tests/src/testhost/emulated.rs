@@ -62,7 +62,8 @@ pub fn run(
         match lines.recv_timeout(Duration::from_millis(50)) {
             Ok((at, line)) => {
                 if verbose {
-                    eprintln!("[L2] {line}");
+                    let t = at.saturating_duration_since(boot).as_secs_f64();
+                    eprintln!("[L2 {t:6.2}] {line}");
                 }
                 st.on_line(at, &line, &nonce);
             }
@@ -198,10 +199,19 @@ fn qemu_command(host: &EmulatedHost, job: &Job, initrd: &Path, job_log: &Path) -
         .args(["-serial", "stdio", "-serial"])
         .arg(format!("file:{}", job_log.display()))
         .arg("-kernel")
-        .arg(host.l2_kernel.join("vmlinuz"))
+        .arg(&host.boot_image)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", CMDLINE]);
+        .arg("-append")
+        .arg(match std::env::var("HUSK_TESTHOST_APPEND") {
+            // For debugging, e.g. "ignore_loglevel" to see the whole boot.
+            Ok(extra) => format!("{CMDLINE} {extra}"),
+            Err(_) => CMDLINE.to_string(),
+        });
+    // For experiments and debugging: extra QEMU arguments, split on whitespace.
+    if let Ok(extra) = std::env::var("HUSK_TESTHOST_QEMU_ARGS") {
+        c.args(extra.split_whitespace());
+    }
     if job.host_root {
         c.args([
             "-virtfs",

@@ -42,6 +42,9 @@ pub struct EmulatedHost {
     /// The prepared L2 kernel directory (`vmlinuz`, `lib/modules/<release>/`),
     /// as `tests/testhost/setup.sh` lays it out.
     pub l2_kernel: PathBuf,
+    /// The image QEMU boots: `vmlinux` (ELF, PVH entry, nothing to decompress
+    /// under emulation) if setup.sh could extract it, else `vmlinuz`.
+    pub boot_image: PathBuf,
     /// The L2 kernel release, e.g. `6.1.0-56-amd64`.
     pub kernel_release: String,
     /// The `qemu-system-x86_64` binary.
@@ -100,7 +103,9 @@ pub struct Job {
     pub modules: Vec<String>,
     /// Emulated only: share this machine's root file system into L2 read-only over
     /// 9p, and run the script chrooted in a writable (tmpfs overlay) view of it, so
-    /// that any host program can run. `$HUSK_FILES` is then `/husk` in that view.
+    /// that any host program can run. `$HUSK_FILES` is then `/husk` in that view,
+    /// and writes stay in L2. Costs about 1 s more boot (virtio-pci, 9p, overlay
+    /// modules). Natively the script runs on this machine anyway: no effect there.
     pub host_root: bool,
 }
 
@@ -363,6 +368,7 @@ mod tests {
         assert_eq!(native.describe(), "native KVM (kvm_intel)");
         let emu = HostKind::Emulated(EmulatedHost {
             l2_kernel: "/c".into(),
+            boot_image: "/c/vmlinux".into(),
             kernel_release: "6.1.0-56-amd64".into(),
             qemu: "/q".into(),
             busybox: "/b".into(),
