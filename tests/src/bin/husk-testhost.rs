@@ -6,7 +6,8 @@
 //!               [--module NAME]... [--host-root] [--verbose] -- SCRIPT...
 //! ```
 //! The script's output goes to stdout as it comes; the host kind and the timings
-//! go to stderr; the exit status is the script's.
+//! go to stderr; the exit status is the script's, or 125 if the harness failed
+//! (no KVM host, the test host broke, timeout).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -88,7 +89,20 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-fn main() -> Result<ExitCode> {
+/// The exit status when the harness itself fails (like timeout(1) and env(1)).
+const HARNESS_FAILED: u8 = 125;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("husk-testhost: {e:#}");
+            ExitCode::from(HARNESS_FAILED)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let job = parse_args(&args)?;
     let kind = testhost::detect()?;
