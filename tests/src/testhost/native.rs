@@ -150,3 +150,48 @@ impl Drop for GroupGuard {
         self.kill();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The native runner needs no KVM to be tested: it only runs sh.
+    use super::*;
+
+    fn kind() -> HostKind {
+        HostKind::Native {
+            module: "kvm_test".into(),
+        }
+    }
+
+    #[test]
+    fn merges_output_links_files_and_reports_the_status() {
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let job = Job::new(
+            "echo out; echo err >&2; test \"$(pwd)\" = \"$HUSK_FILES\"; \
+             head -n 1 data; echo \"$HUSK_TESTHOST\"; exit 5",
+        )
+        .file(manifest, "data");
+        let mut streamed = Vec::new();
+        let out = run(&kind(), &job, &mut streamed).unwrap();
+        assert_eq!(out.exit_code, 5);
+        assert_eq!(out.stdout, "out\nerr\n[package]\nnative\n");
+        assert_eq!(streamed, out.stdout.as_bytes());
+        assert_eq!(out.host_boot, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_killed_script_reports_128_plus_the_signal() {
+        let out = run(&kind(), &Job::new("kill -9 $$"), &mut std::io::sink()).unwrap();
+        assert_eq!(out.exit_code, 137);
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_group() {
+        let job = Job::new("echo started; sleep 600 & sleep 600").timeout(Duration::from_secs(1));
+        let t = Instant::now();
+        match run(&kind(), &job, &mut std::io::sink()) {
+            Err(TestHostError::Timeout { output_tail, .. }) => assert_eq!(output_tail, "started"),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+}
