@@ -90,7 +90,7 @@ decompress_modules() {
 extract_vmlinux() {
     local img="$1" out="$2" magic off
     for magic in '\xfd7zXZ\x00' '\x28\xb5\x2f\xfd' '\x1f\x8b\x08'; do
-        for off in $(LC_ALL=C grep -obUaP "$magic" "$img" | cut -d: -f1); do
+        while read -r off; do
             case "$magic" in
             *xfd7zXZ*) tail -c +$((off + 1)) "$img" | xz -dcq >"$out" 2>/dev/null || true ;;
             *x28*) tail -c +$((off + 1)) "$img" | zstd -dcq >"$out" 2>/dev/null || true ;;
@@ -99,7 +99,7 @@ extract_vmlinux() {
             if [ "$(head -c 4 "$out" | od -An -tx1 | tr -d ' ')" = 7f454c46 ]; then
                 return 0
             fi
-        done
+        done < <(LC_ALL=C grep -obUaP "$magic" "$img" | cut -d: -f1)
     done
     rm -f "$out"
     return 1
