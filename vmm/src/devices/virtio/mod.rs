@@ -13,6 +13,7 @@
 
 pub mod irq;
 pub mod mmio;
+pub mod vsock;
 
 use std::sync::{Arc, Mutex};
 
