@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use vmm_sys_util::epoll::EventSet;
 
@@ -87,13 +88,17 @@ pub(super) struct Connection {
     host_write_shut: bool,
     /// Host data waits for guest credit; counted once per stall.
     stalled: bool,
+    /// Host-initiated: when to give up waiting for the guest's RESPONSE.
+    pub(super) connect_deadline: Option<Instant>,
 }
 
 impl Connection {
-    /// A connection the host asked for; the REQUEST to the guest is pending.
-    pub(super) fn host_initiated(stream: UnixStream) -> Self {
+    /// A connection the host asked for; the REQUEST to the guest is pending, and the guest
+    /// must answer by `deadline`.
+    pub(super) fn host_initiated(stream: UnixStream, deadline: Instant) -> Self {
         let mut c = Self::new(stream, State::Connecting);
         c.pending_rx = pending::REQUEST;
+        c.connect_deadline = Some(deadline);
         c
     }
 
@@ -126,6 +131,7 @@ impl Connection {
             guest_shut: 0,
             host_write_shut: false,
             stalled: false,
+            connect_deadline: None,
         }
     }
 
@@ -151,6 +157,7 @@ impl Connection {
             return Verdict::Breach;
         }
         self.state = State::Established;
+        self.connect_deadline = None;
         self.update_peer_credit(hdr);
         self.preamble = format!("OK {local_port}\n").into_bytes();
         self.rx_ready = true;

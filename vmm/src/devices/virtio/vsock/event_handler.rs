@@ -67,9 +67,9 @@ impl MutEventSubscriber for Vsock {
             TOKEN_TIMER => {
                 // Readable, so this does not block.
                 let _ = self.timer.wait();
-                self.muxer.expire_handshakes(Instant::now());
+                self.muxer.expire(Instant::now());
             }
-            TOKEN_STREAM => self.muxer.on_stream_event(events.fd(), set),
+            TOKEN_STREAM => self.muxer.on_stream_event(events.fd(), set, Instant::now()),
             _ => {}
         }
         self.run_queues();
@@ -124,9 +124,9 @@ impl Vsock {
         self.sync_timer();
     }
 
-    /// Runs the handshake timer only while handshakes are pending.
+    /// Runs the timer only while something waits on a deadline.
     fn sync_timer(&mut self) {
-        let wanted = !self.muxer.handshakes.is_empty();
+        let wanted = self.muxer.has_deadlines();
         if wanted == self.timer_armed {
             return;
         }

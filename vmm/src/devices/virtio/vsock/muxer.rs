@@ -17,7 +17,9 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::connection::{pending, Connection, Verdict};
 use super::packet::{host_header, op, Header, SHUTDOWN_SEND, TYPE_STREAM};
-use super::unix::{connect_port, Handshake, HostListener, Progress, MAX_HANDSHAKES};
+use super::unix::{
+    connect_port, Handshake, HostListener, Progress, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES,
+};
 use super::{bump, VsockCounters, MAX_CONNECTIONS, VSOCK_HOST_CID};
 
 /// `(local_port, peer_port)`: the host-side port and the guest-side port.
@@ -330,9 +332,9 @@ impl Muxer {
     }
 
     /// Epoll reported `events` on a host stream.
-    pub(super) fn on_stream_event(&mut self, fd: RawFd, events: EventSet) {
+    pub(super) fn on_stream_event(&mut self, fd: RawFd, events: EventSet, now: Instant) {
         if self.handshakes.contains_key(&fd) {
-            self.on_handshake_readable(fd);
+            self.on_handshake_readable(fd, now);
             return;
         }
         let Some(&key) = self.by_fd.get(&fd) else {
@@ -352,7 +354,7 @@ impl Muxer {
         self.settle(key, verdict);
     }
 
-    fn on_handshake_readable(&mut self, fd: RawFd) {
+    fn on_handshake_readable(&mut self, fd: RawFd, now: Instant) {
         let Some(hs) = self.handshakes.get_mut(&fd) else {
             return;
         };
@@ -367,7 +369,7 @@ impl Muxer {
         let local = port.and_then(|port| self.allocate_local_port(port).map(|l| (l, port)));
         match local {
             Some(key) if self.guest_active && self.conns.len() < MAX_CONNECTIONS => {
-                let mut conn = Connection::host_initiated(hs.stream);
+                let mut conn = Connection::host_initiated(hs.stream, now + HANDSHAKE_TIMEOUT);
                 // The same descriptor stays registered; the next epoll sync adjusts it.
                 conn.registered = hs.registered;
                 self.insert(key, conn);
@@ -382,8 +384,29 @@ impl Muxer {
         }
     }
 
-    /// Closes host clients that did not finish their handshake in time.
-    pub(super) fn expire_handshakes(&mut self, now: Instant) {
+    /// Whether anything waits on a deadline (handshakes, connections the guest has not
+    /// answered yet).
+    pub(super) fn has_deadlines(&self) -> bool {
+        !self.handshakes.is_empty() || self.conns.values().any(|c| c.connect_deadline.is_some())
+    }
+
+    /// Closes host clients that did not finish their handshake in time, and connections the
+    /// guest did not answer in time (with a reset, in case the guest is still half-way).
+    pub(super) fn expire(&mut self, now: Instant) {
+        let unanswered: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.connect_deadline.is_some_and(|d| now >= d))
+            .map(|(&key, _)| key)
+            .collect();
+        for key in unanswered {
+            bump(&self.counters.handshake_failures);
+            self.remove(key, true);
+        }
+        self.expire_handshakes(now);
+    }
+
+    fn expire_handshakes(&mut self, now: Instant) {
         let expired: Vec<RawFd> = self
             .handshakes
             .iter()
