@@ -2,9 +2,11 @@
 //!
 //! It mounts the guest's basic file systems, prints the readiness line (see
 //! [`guestinfo`]) on the serial console, then either powers the VM off
-//! (`--poweroff`) or stays as PID 1, reaping zombies until SIGTERM. As PID 1 it
-//! must never exit or panic: the kernel would panic. Fatal errors print one
-//! line and reset the VM (see [`power`]).
+//! (`--poweroff`) or stays as PID 1: it serves the agent API (gRPC, see
+//! `husk-proto`) on AF_VSOCK port 1024 and reaps zombies, until a PowerOff
+//! call or SIGTERM powers the VM off. As PID 1 it must never exit or panic:
+//! the kernel would panic. Fatal errors print one line and reset the VM (see
+//! [`power`]).
 //!
 //! Its stdin, stdout and stderr are the console the kernel opens from the
 //! initramfs's `/dev/console` (c 5 1), which must therefore exist: Rust's
@@ -20,7 +22,12 @@ mod guestinfo;
 mod logger;
 mod mounts;
 mod power;
+mod processes;
+mod server;
+mod service;
 mod supervisor;
+#[cfg(test)]
+mod tests;
 
 use std::io::Write;
 
@@ -92,12 +99,14 @@ fn run_init(args: &Args) -> anyhow::Result<std::convert::Infallible> {
     if args.poweroff {
         power::power_off(&sys, mounts::PLAN);
     }
-    match supervisor::run().context("waiting for signals")? {
-        supervisor::Exit::Terminate => {
-            info!("SIGTERM: powering off");
-            power::power_off(&sys, mounts::PLAN)
-        }
-    }
+    // One thread: the agent's work is I/O, and a guest may have one vCPU.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let shutdown = runtime.block_on(server::run_guest())?;
+    info!("{shutdown:?}: powering off");
+    power::power_off(&sys, mounts::PLAN)
 }
 
 /// Gathers and prints the readiness line to stdout in one write.
