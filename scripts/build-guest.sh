@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Builds husk's guest initramfs: the static guest agent as /init, packed by
-# husk-mkinitramfs into ${HUSK_BUILD_DIR:-<repo>/build}/guest/initramfs.cpio
-# (next to it: husk-agent, the agent as packed, without debug info).
+# Builds husk's guest initramfs: the static guest agent as /init and a static
+# busybox (/bin/busybox, /bin/sh and the other applets: the guest's shell for
+# tests and debugging), packed by husk-mkinitramfs into
+# ${HUSK_BUILD_DIR:-<repo>/build}/guest/initramfs.cpio (next to it:
+# husk-agent, the agent as packed, without debug info).
+#
+# busybox comes from Debian's busybox-static package (/bin/busybox), or from
+# $HUSK_BUSYBOX.
 #
 # Usage: scripts/build-guest.sh [--release]
 #
@@ -58,6 +63,17 @@ if readelf -l "$agent" 2>/dev/null | grep -q 'INTERP'; then
     exit 1
 fi
 
+# The guest has no loader either: busybox must be static too.
+busybox="${HUSK_BUSYBOX:-/bin/busybox}"
+if [[ ! -x $busybox ]]; then
+    echo "build-guest: no busybox at $busybox (apt-get install busybox-static)" >&2
+    exit 1
+fi
+if readelf -l "$busybox" 2>/dev/null | grep -q 'INTERP'; then
+    echo "build-guest: $busybox is dynamically linked (apt-get install busybox-static)" >&2
+    exit 1
+fi
+
 echo "build-guest: building husk-mkinitramfs" >&2
 cargo build -p husk-vmm --bin husk-mkinitramfs "${cargo_profile_args[@]}"
 mkinitramfs="$target_dir/$profile/husk-mkinitramfs"
@@ -69,7 +85,7 @@ guest_agent="$out_dir/husk-agent"
 strip --strip-debug -o "$guest_agent" "$agent"
 
 initramfs="$out_dir/initramfs.cpio"
-"$mkinitramfs" --output "$initramfs" --init "$guest_agent"
+"$mkinitramfs" --output "$initramfs" --init "$guest_agent" --busybox "$busybox"
 
 echo "build-guest: wrote $initramfs ($(stat -c %s "$initramfs") bytes)" >&2
 sha256sum "$initramfs"

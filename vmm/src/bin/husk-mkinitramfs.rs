@@ -2,12 +2,16 @@
 //!
 //! ```text
 //! husk-mkinitramfs --output FILE --init PATH [--file HOSTPATH:GUESTPATH[:MODE]]...
+//!                  [--symlink LINK:TARGET]... [--busybox PATH]
 //! ```
 //!
 //! The archive holds `/init` (mode 0755, from PATH), `/dev/console` (c 5 1,
 //! mode 0600: the kernel opens it as PID 1's stdin, stdout and stderr), the
-//! empty directories `/dev /proc /sys /run /tmp /root`, and every `--file`
-//! (MODE in octal, 0644 by default). The same inputs give the same bytes.
+//! empty directories `/dev /proc /sys /run /tmp /root`, every `--file` (MODE
+//! in octal, 0644 by default) and every `--symlink`. `--busybox` installs a
+//! static busybox as `/bin/busybox` (0755) with a symlink `/bin/<applet>` for
+//! each of [`BUSYBOX_APPLETS`] (and `/usr/bin/env`): the guest's shell and
+//! tools for debugging and tests. The same inputs give the same bytes.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +32,83 @@ struct Cli {
     /// An extra file: HOSTPATH:GUESTPATH[:MODE], MODE in octal (default 0644).
     #[arg(long = "file", value_name = "HOSTPATH:GUESTPATH[:MODE]", value_parser = parse_file_spec)]
     files: Vec<FileSpec>,
+    /// A symbolic link: LINK:TARGET (TARGET is stored as given).
+    #[arg(long = "symlink", value_name = "LINK:TARGET", value_parser = parse_symlink_spec)]
+    symlinks: Vec<(String, String)>,
+    /// A static busybox, installed as /bin/busybox with its applet links.
+    #[arg(long, value_name = "PATH")]
+    busybox: Option<PathBuf>,
+}
+
+/// The applets linked to `/bin/busybox` by `--busybox`: a shell and the tools
+/// the tests and a debugging session use. All are in Debian's busybox-static.
+pub const BUSYBOX_APPLETS: &[&str] = &[
+    "[",
+    "ash",
+    "basename",
+    "cat",
+    "chmod",
+    "cp",
+    "cut",
+    "date",
+    "dd",
+    "df",
+    "dirname",
+    "dmesg",
+    "du",
+    "echo",
+    "env",
+    "false",
+    "find",
+    "free",
+    "grep",
+    "head",
+    "hostname",
+    "id",
+    "ip",
+    "kill",
+    "ln",
+    "ls",
+    "md5sum",
+    "mkdir",
+    "mknod",
+    "mount",
+    "mv",
+    "nproc",
+    "printf",
+    "ps",
+    "pwd",
+    "readlink",
+    "rm",
+    "sed",
+    "seq",
+    "sh",
+    "sha256sum",
+    "sleep",
+    "sort",
+    "stat",
+    "sync",
+    "tail",
+    "tee",
+    "test",
+    "timeout",
+    "touch",
+    "tr",
+    "true",
+    "umount",
+    "uname",
+    "wc",
+    "xargs",
+    "yes",
+];
+
+fn parse_symlink_spec(spec: &str) -> anyhow::Result<(String, String)> {
+    match spec.split_once(':') {
+        Some((link, target)) if !link.is_empty() && !target.is_empty() => {
+            Ok((link.to_owned(), target.to_owned()))
+        }
+        _ => bail!("expected LINK:TARGET, got {spec:?}"),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +154,18 @@ fn build(cli: &Cli) -> anyhow::Result<Initramfs> {
     for f in &cli.files {
         cpio.file_from_host(&f.guest, f.mode, &f.host)
             .with_context(|| format!("adding {}", f.guest))?;
+    }
+    if let Some(busybox) = &cli.busybox {
+        cpio.file_from_host("/bin/busybox", 0o755, busybox)?
+            .symlink("/usr/bin/env", "/bin/busybox")?;
+        for applet in BUSYBOX_APPLETS {
+            cpio.symlink(&format!("/bin/{applet}"), "busybox")
+                .with_context(|| format!("adding /bin/{applet}"))?;
+        }
+    }
+    for (link, target) in &cli.symlinks {
+        cpio.symlink(link, target)
+            .with_context(|| format!("adding {link}"))?;
     }
     Ok(cpio)
 }
@@ -121,6 +214,68 @@ mod tests {
         for bad in ["x", "x:", ":y", "x:y:9", "x:y:644:1"] {
             assert!(parse_file_spec(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn symlink_specs() {
+        assert_eq!(
+            parse_symlink_spec("/bin/sh:busybox").expect("valid"),
+            ("/bin/sh".to_owned(), "busybox".to_owned())
+        );
+        for bad in ["x", "x:", ":y", ""] {
+            assert!(parse_symlink_spec(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn busybox_and_symlinks() {
+        let dir = std::env::temp_dir().join(format!("husk-mkinitramfs-bb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let init = dir.join("agent");
+        let busybox = dir.join("busybox");
+        std::fs::write(&init, b"agent").expect("write init");
+        std::fs::write(&busybox, b"busybox binary").expect("write busybox");
+        let args = |extra: &[&std::ffi::OsStr]| {
+            let mut v: Vec<&std::ffi::OsStr> = vec![
+                "husk-mkinitramfs".as_ref(),
+                "--output".as_ref(),
+                "unused".as_ref(),
+                "--init".as_ref(),
+                init.as_os_str(),
+                "--busybox".as_ref(),
+                busybox.as_os_str(),
+            ];
+            v.extend_from_slice(extra);
+            Cli::parse_from(v)
+        };
+        let cli = args(&["--symlink".as_ref(), "/sbin/init:/init".as_ref()]);
+        let bytes = build(&cli).and_then(|c| Ok(c.to_bytes()?));
+        let clash = build(&args(&["--symlink".as_ref(), "/bin/sh:/x".as_ref()])).map(drop);
+        let _ = std::fs::remove_dir_all(&dir);
+        let bytes = bytes.expect("valid");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("bin/busybox\0"));
+        assert!(text.contains("busybox binary"));
+        for applet in [
+            "sh",
+            "cat",
+            "sleep",
+            "sha256sum",
+            "kill",
+            "dd",
+            "env",
+            "uname",
+        ] {
+            assert!(BUSYBOX_APPLETS.contains(&applet), "{applet} missing");
+            assert!(
+                text.contains(&format!("bin/{applet}\0")),
+                "/bin/{applet} missing"
+            );
+        }
+        assert!(text.contains("usr/bin/env\0"));
+        assert!(text.contains("sbin/init\0"));
+        let dup = format!("{:#}", clash.expect_err("duplicate /bin/sh"));
+        assert!(dup.contains("duplicate entry \"bin/sh\""), "{dup}");
     }
 
     #[test]
