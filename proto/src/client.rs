@@ -325,9 +325,14 @@ impl AgentClient {
                 .map_err(|_| ClientError::Timeout { method, timeout })?,
             None => call.await,
         };
-        result
-            .map(Response::into_inner)
-            .map_err(|s| ClientError::status(method, s))
+        result.map(Response::into_inner).map_err(|s| match timeout {
+            // The agent enforces the grpc-timeout header too (tonic's server
+            // answers CANCELLED when it expires first).
+            Some(timeout) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled) => {
+                ClientError::Timeout { method, timeout }
+            }
+            _ => ClientError::status(method, s),
+        })
     }
 
     /// Health: Ok when the agent answers SERVING.
