@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::arch::x86_64::mptable::MAX_VCPUS;
+use crate::devices::virtio::vsock::MIN_GUEST_CID;
 
 /// Least guest memory husk boots with: vmlinux is linked at 16 MiB and takes ~30 MiB.
 pub const MIN_MEMORY_MIB: u32 = 64;
@@ -38,6 +39,16 @@ impl std::str::FromStr for ConsoleOutput {
     }
 }
 
+/// The VM's virtio-vsock device, served over a Unix socket on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub guest_cid: u64,
+    /// Host socket: clients connect here and write `CONNECT <port>`; guest connections to
+    /// host port P reach `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
 /// Everything needed to build and boot one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -57,6 +68,8 @@ pub struct VmConfig {
     pub init_args: Vec<String>,
     /// The KVM device node.
     pub kvm_device: PathBuf,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
@@ -71,6 +84,7 @@ impl VmConfig {
             kernel_params: Vec::new(),
             init_args: Vec::new(),
             kvm_device: DEFAULT_KVM_DEVICE.into(),
+            vsock: None,
         }
     }
 
@@ -98,6 +112,18 @@ impl VmConfig {
         if self.memory_mib > MAX_MEMORY_MIB {
             return Err(ConfigError::TooMuchMemory(self.memory_mib));
         }
+        if let Some(vsock) = &self.vsock {
+            if vsock.guest_cid < MIN_GUEST_CID || vsock.guest_cid >= u64::from(u32::MAX) {
+                return Err(ConfigError::GuestCid(vsock.guest_cid));
+            }
+            let parent_ok = vsock
+                .uds_path
+                .parent()
+                .is_some_and(|p| p.as_os_str().is_empty() || p.is_dir());
+            if !parent_ok {
+                return Err(ConfigError::VsockDir(vsock.uds_path.clone()));
+            }
+        }
         Ok(())
     }
 }
@@ -120,6 +146,12 @@ pub enum ConfigError {
     /// Memory above the maximum.
     #[error("guest memory must be at most {MAX_MEMORY_MIB} MiB, got {0} MiB")]
     TooMuchMemory(u32),
+    /// vsock guest CID out of range.
+    #[error("vsock guest CID must be between {MIN_GUEST_CID} and 4294967294, got {0}")]
+    GuestCid(u64),
+    /// The vsock socket's directory does not exist.
+    #[error("the directory of the vsock socket {0:?} does not exist")]
+    VsockDir(PathBuf),
     /// Unknown console destination.
     #[error("console must be stdout, none or file:PATH, got {0:?}")]
     Console(String),
@@ -183,6 +215,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("between 1 and 32"));
+    }
+
+    #[test]
+    fn vsock_bounds() {
+        let with = |guest_cid, uds: &str| VmConfig {
+            vsock: Some(VsockConfig {
+                guest_cid,
+                uds_path: uds.into(),
+            }),
+            ..valid()
+        };
+        assert_eq!(with(3, "/tmp/v.sock").validate(), Ok(()));
+        assert_eq!(
+            with(2, "/tmp/v.sock").validate(),
+            Err(ConfigError::GuestCid(2))
+        );
+        assert_eq!(
+            with(u64::from(u32::MAX), "/tmp/v.sock").validate(),
+            Err(ConfigError::GuestCid(u64::from(u32::MAX)))
+        );
+        assert_eq!(
+            with(3, "/nonexistent/dir/v.sock").validate(),
+            Err(ConfigError::VsockDir("/nonexistent/dir/v.sock".into()))
+        );
     }
 
     #[test]

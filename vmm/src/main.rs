@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmm::config::{ConsoleOutput, VmConfig, DEFAULT_KVM_DEVICE};
+use vmm::config::{ConsoleOutput, VmConfig, VsockConfig, DEFAULT_KVM_DEVICE};
 use vmm::vm::Vm;
 
 /// Boot a husk guest under KVM.
@@ -38,6 +38,13 @@ struct Args {
     /// KVM device node.
     #[arg(long, default_value = DEFAULT_KVM_DEVICE)]
     kvm_device: PathBuf,
+    /// Add a virtio-vsock device served on this Unix socket (hybrid vsock: write
+    /// `CONNECT <port>`; guest connections to host port P go to `<PATH>_P`).
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock context id.
+    #[arg(long, default_value_t = 3)]
+    vsock_cid: u64,
     /// Log level of the VMM itself (error, warn, info, debug, trace).
     #[arg(long, default_value = "warn")]
     log_level: String,
@@ -57,6 +64,10 @@ fn config_from(args: Args) -> anyhow::Result<VmConfig> {
             .unwrap_or_default(),
         init_args: args.init_args,
         kvm_device: args.kvm_device,
+        vsock: args.vsock_uds.map(|uds_path| VsockConfig {
+            guest_cid: args.vsock_cid,
+            uds_path,
+        }),
     };
     config.validate()?;
     Ok(config)

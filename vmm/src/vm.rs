@@ -6,19 +6,22 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::{boot, cpuid, layout, mptable, regs};
+use crate::arch::x86_64::{boot, cpuid, layout, mptable, regs as cpu_regs};
 use crate::cmdline::{Cmdline, CmdlineError};
-use crate::config::{ConsoleOutput, VmConfig};
+use crate::config::{ConsoleOutput, VmConfig, VsockConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{
     PowerRegister, SerialConsole, I8042, I8042_PORT, I8042_PORT_LEN, POWER_PORT, SERIAL_PORT,
     SERIAL_PORT_LEN,
 };
+use crate::devices::slots::{SlotAllocator, SlotError};
+use crate::devices::virtio::mmio::{regs, MmioError, MmioTransport};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::exit::{ExitNotifier, VmExit};
 use crate::vcpu::{Vcpu, VcpuError};
 
@@ -70,7 +73,7 @@ pub enum VmError {
     MpTable(#[from] mptable::MpTableError),
     /// Register tables could not be written.
     #[error(transparent)]
-    Regs(#[from] regs::RegsError),
+    Regs(#[from] cpu_regs::RegsError),
     /// CPUID could not be read.
     #[error(transparent)]
     Cpuid(#[from] cpuid::CpuidError),
@@ -80,6 +83,15 @@ pub enum VmError {
     /// Device placement failed.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// No device slot left.
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    /// A virtio transport could not be built.
+    #[error(transparent)]
+    Mmio(#[from] MmioError),
+    /// The vsock device could not be created.
+    #[error("vsock device: {0}")]
+    Vsock(#[from] VsockError),
     /// A vCPU could not be set up.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -175,6 +187,34 @@ fn console_writer(console: &ConsoleOutput) -> Result<Box<dyn Write + Send>, VmEr
     })
 }
 
+/// Creates the vsock device in the next slot: MMIO window, irqfd, ioeventfds for the queue
+/// notifications, and the kernel command line entry.
+fn attach_vsock(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    config: &VsockConfig,
+    slots: &mut SlotAllocator,
+    mmio: &mut Bus,
+    cmdline: &mut Cmdline,
+) -> Result<Arc<Mutex<Vsock>>, VmError> {
+    let slot = slots.allocate()?;
+    let device = Arc::new(Mutex::new(Vsock::new(
+        config.guest_cid,
+        config.uds_path.clone(),
+    )?));
+    let transport = MmioTransport::new(mem.clone(), device.clone())?;
+    vm.register_irqfd(transport.interrupt().eventfd(), slot.irq)
+        .map_err(kvm_err("KVM_IRQFD (vsock)"))?;
+    let notify = IoEventAddress::Mmio(slot.base + regs::QUEUE_NOTIFY);
+    for (queue, evt) in transport.queue_evts().enumerate() {
+        vm.register_ioevent(evt, &notify, queue as u32)
+            .map_err(kvm_err("KVM_IOEVENTFD (vsock)"))?;
+    }
+    mmio.insert(Arc::new(Mutex::new(transport)), slot.base, slot.size)?;
+    cmdline.virtio_mmio_device(slot.base, slot.size, slot.irq);
+    Ok(device)
+}
+
 /// Wakes the event loop when the VM is asked to end.
 struct ExitWatcher {
     exit: ExitNotifier,
@@ -207,6 +247,7 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     serial: Arc<Mutex<SerialConsole>>,
     pio: Arc<Bus>,
+    vsock: Option<Arc<Mutex<Vsock>>>,
     exit: ExitNotifier,
     /// The kernel command line given to the guest.
     pub cmdline: String,
@@ -235,18 +276,6 @@ impl Vm {
             None => None,
         };
 
-        let mut cmdline = Cmdline::with_defaults();
-        for param in &config.kernel_params {
-            cmdline.param(param)?;
-        }
-        for arg in &config.init_args {
-            cmdline.init_arg(arg)?;
-        }
-        let cmdline = cmdline.render()?;
-        boot::write_boot_data(&mem, mem_size, &cmdline, initramfs)?;
-        mptable::setup(&mem, config.vcpus)?;
-        regs::write_tables(&mem)?;
-
         let exit = ExitNotifier::new().map_err(|source| VmError::Io {
             what: "creating the exit eventfd",
             source,
@@ -274,7 +303,32 @@ impl Vm {
             1,
         )?;
         let pio = Arc::new(pio);
-        let mmio = Arc::new(Bus::new());
+
+        let mut cmdline = Cmdline::with_defaults();
+        let mut mmio = Bus::new();
+        let mut slots = SlotAllocator::default();
+        let vsock = match &config.vsock {
+            Some(vsock_config) => Some(attach_vsock(
+                &vm,
+                &mem,
+                vsock_config,
+                &mut slots,
+                &mut mmio,
+                &mut cmdline,
+            )?),
+            None => None,
+        };
+        let mmio = Arc::new(mmio);
+        for param in &config.kernel_params {
+            cmdline.param(param)?;
+        }
+        for arg in &config.init_args {
+            cmdline.init_arg(arg)?;
+        }
+        let cmdline = cmdline.render()?;
+        boot::write_boot_data(&mem, mem_size, &cmdline, initramfs)?;
+        mptable::setup(&mem, config.vcpus)?;
+        cpu_regs::write_tables(&mem)?;
 
         let base_cpuid = cpuid::supported(&kvm)?;
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
@@ -291,6 +345,7 @@ impl Vm {
             vcpus,
             serial,
             pio,
+            vsock,
             exit,
             cmdline,
         })
@@ -306,6 +361,9 @@ impl Vm {
         events.add_subscriber(Arc::new(Mutex::new(ExitWatcher {
             exit: self.exit.clone(),
         })));
+        if let Some(vsock) = &self.vsock {
+            events.add_subscriber(vsock.clone());
+        }
         for vcpu in self.vcpus.drain(..) {
             vcpu.start()?;
         }
@@ -319,6 +377,14 @@ impl Vm {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .flush();
+        if let Some(vsock) = &self.vsock {
+            // The process ends without dropping the device (vCPU threads hold the bus), so
+            // remove its socket here.
+            let vsock = vsock
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _ = std::fs::remove_file(vsock.uds_path());
+        }
         let unhandled = self.pio.unhandled_accesses();
         if unhandled > 0 {
             tracing::debug!(unhandled, "port I/O accesses hit no device");
