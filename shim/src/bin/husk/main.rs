@@ -119,6 +119,9 @@ async fn run_vm(args: RunVm) -> Result<i32> {
         memory_mib: args.memory_mib,
         run_base: args.run_dir,
     };
+    // Installed first: from here on SIGINT/SIGTERM are forwarded, not fatal.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let mut vm = RunningVm::start(&opts)?;
     let agent = vm
         .connect(Duration::from_secs(args.boot_timeout))
@@ -157,8 +160,6 @@ async fn run_vm(args: RunVm) -> Result<i32> {
         tokio::spawn(async move { agent.write_stdin(&process, tokio::io::stdin()).await })
     };
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let wait = agent.wait_process(&exec.process);
     tokio::pin!(wait);
     let status = loop {

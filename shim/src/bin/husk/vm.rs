@@ -62,7 +62,19 @@ impl RunningVm {
     pub fn start(opts: &VmOptions) -> Result<Self> {
         let run_dir = RunDir::create(&opts.run_base)?;
         let console = run_dir.0.join("console.log");
-        let child = Command::new(&opts.vmm)
+        let mut command = Command::new(&opts.vmm);
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+        // which is async-signal-safe; it touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                // The VMM dies with us even if we are killed without a chance to clean up.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .arg("--kernel")
             .arg(&opts.kernel)
             .arg("--initramfs")
