@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Options {
     vmm: PathBuf,
@@ -118,7 +119,19 @@ fn boot_once(o: &Options, vcpus: u8, mib: u32) -> Result<Boot> {
             return Err(e);
         }
     };
-    let status = child.wait()?;
+    // The guest powers off right after the readiness line; don't wait forever if it doesn't.
+    let deadline = Instant::now() + POWER_OFF_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("no power-off within {POWER_OFF_TIMEOUT:?} of the readiness line");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let exit = start.elapsed();
     if !status.success() {
         bail!("husk-vmm exited with {status}");
@@ -171,15 +184,30 @@ fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &(vcpus, mib) in &o.configs {
         let mut boots = Vec::with_capacity(o.runs);
+        let mut failures = 0;
         for _ in 0..o.runs {
-            boots.push(boot_once(&o, vcpus, mib)?);
+            match boot_once(&o, vcpus, mib) {
+                Ok(boot) => boots.push(boot),
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("husk-bootbench: {vcpus} vCPUs, {mib} MiB: {e:#}");
+                }
+            }
+        }
+        if boots.is_empty() {
+            println!("| {vcpus} | {mib} | 0 of {} succeeded | | | | | | | |", o.runs);
+            continue;
         }
         let (r_med, r_min, r_max, r_sd) = stats(boots.iter().map(|b| ms(b.ready)).collect());
         let (e_med, ..) = stats(boots.iter().map(|b| ms(b.exit)).collect());
         let (rss, pss) = idle_memory(&o, vcpus, mib)?;
+        let runs = if failures == 0 {
+            o.runs.to_string()
+        } else {
+            format!("{} ({failures} failed)", boots.len())
+        };
         println!(
-            "| {vcpus} | {mib} | {} | {r_med:.0} | {r_min:.0} | {r_max:.0} | {r_sd:.0} | {e_med:.0} | {rss} | {pss} |",
-            o.runs
+            "| {vcpus} | {mib} | {runs} | {r_med:.0} | {r_min:.0} | {r_max:.0} | {r_sd:.0} | {e_med:.0} | {rss} | {pss} |"
         );
     }
     Ok(())
