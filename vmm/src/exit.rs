@@ -38,6 +38,11 @@ pub enum VmExit {
         /// The vCPU.
         vcpu: u8,
     },
+    /// The host asked the VMM to stop (SIGTERM, SIGINT or SIGHUP).
+    Stopped {
+        /// The signal.
+        signal: i32,
+    },
     /// A vCPU stopped on an error of the VMM or KVM.
     VcpuError {
         /// The vCPU.
@@ -58,6 +63,7 @@ impl VmExit {
             | VmExit::InternalError { .. }
             | VmExit::Crash { .. }
             | VmExit::VcpuError { .. } => 4,
+            VmExit::Stopped { signal } => 128 + signal,
         }
     }
 }
@@ -77,6 +83,7 @@ impl fmt::Display for VmExit {
             VmExit::InternalError { vcpu } => write!(f, "KVM internal error on vCPU {vcpu}"),
             VmExit::Crash { vcpu } => write!(f, "guest reported a crash on vCPU {vcpu}"),
             VmExit::VcpuError { vcpu, message } => write!(f, "vCPU {vcpu} stopped: {message}"),
+            VmExit::Stopped { signal } => write!(f, "stopped by signal {signal}"),
         }
     }
 }

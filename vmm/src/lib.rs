@@ -10,5 +10,6 @@ pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod initramfs;
+pub mod signals;
 pub mod vcpu;
 pub mod vm;

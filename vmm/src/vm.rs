@@ -23,6 +23,7 @@ use crate::devices::slots::{SlotAllocator, SlotError};
 use crate::devices::virtio::mmio::{regs, MmioError, MmioTransport};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::exit::{ExitNotifier, VmExit};
+use crate::signals::StopSignals;
 use crate::vcpu::{Vcpu, VcpuError};
 
 /// KVM API version this VMM speaks.
@@ -237,6 +238,26 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
+/// Ends the VM when the host sends a stop signal.
+struct SignalWatcher {
+    signals: StopSignals,
+    exit: ExitNotifier,
+}
+
+impl MutEventSubscriber for SignalWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        while let Ok(Some(signal)) = self.signals.read() {
+            self.exit.request(VmExit::Stopped { signal });
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.signals, EventSet::IN)) {
+            tracing::error!("cannot watch the stop signals: {e}");
+        }
+    }
+}
+
 /// A VM that is built and ready to start.
 pub struct Vm {
     // Field order matters for drop order only at process end; all are kept alive while the
@@ -356,8 +377,17 @@ impl Vm {
     /// The vCPU threads are not joined: they may be blocked in KVM_RUN, and the caller ends
     /// the process after reporting the exit.
     pub fn run(mut self) -> Result<VmExit, VmError> {
+        // Before the vCPU threads exist, so that they inherit the blocked mask.
+        let signals = StopSignals::block().map_err(|source| VmError::Io {
+            what: "blocking the stop signals",
+            source,
+        })?;
         let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new()?;
+        events.add_subscriber(Arc::new(Mutex::new(SignalWatcher {
+            signals,
+            exit: self.exit.clone(),
+        })));
         events.add_subscriber(Arc::new(Mutex::new(ExitWatcher {
             exit: self.exit.clone(),
         })));

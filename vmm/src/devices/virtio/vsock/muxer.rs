@@ -169,6 +169,12 @@ impl Muxer {
             None => return,
         };
         if done {
+            tracing::debug!(
+                ?verdict,
+                local = key.0,
+                peer = key.1,
+                "vsock: connection ends"
+            );
             self.remove(key, true);
         } else {
             self.requeue(key);
