@@ -414,6 +414,7 @@ impl Vm {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let _ = std::fs::remove_file(vsock.uds_path());
+            tracing::info!(counters = ?vsock.counters().snapshot(), "vsock device");
         }
         let unhandled = self.pio.unhandled_accesses();
         if unhandled > 0 {
