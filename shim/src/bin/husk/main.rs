@@ -66,6 +66,9 @@ struct RunVm {
     /// Print all of the agent's log records to stderr (default: warnings and errors).
     #[arg(long)]
     verbose: bool,
+    /// Log level of husk-vmm (its log is shown when something fails).
+    #[arg(long, default_value = "warn")]
+    vmm_log_level: String,
     /// Environment for the command, KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e')]
     env: Vec<String>,
@@ -112,17 +115,48 @@ async fn forward_logs(agent: AgentClient, verbose: bool) {
 
 async fn run_vm(args: RunVm) -> Result<i32> {
     let opts = VmOptions {
-        vmm: args.vmm.unwrap_or_else(default_vmm),
-        kernel: args.kernel,
-        initramfs: args.initramfs,
+        vmm: args.vmm.clone().unwrap_or_else(default_vmm),
+        kernel: args.kernel.clone(),
+        initramfs: args.initramfs.clone(),
         vcpus: args.vcpus,
         memory_mib: args.memory_mib,
-        run_base: args.run_dir,
+        run_base: args.run_dir.clone(),
+        vmm_log_level: args.vmm_log_level.clone(),
     };
     // Installed first: from here on SIGINT/SIGTERM are forwarded, not fatal.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut signals = Signals {
+        int: signal(SignalKind::interrupt())?,
+        term: signal(SignalKind::terminate())?,
+    };
     let mut vm = RunningVm::start(&opts)?;
+    match run_command(&mut vm, args, &mut signals).await {
+        Ok((agent, status)) => {
+            vm.shutdown(&agent, Duration::from_secs(30)).await?;
+            Ok(match status {
+                ExitStatus::Exited(code) => code,
+                ExitStatus::Signaled(signo) => {
+                    eprintln!("husk: guest process killed by signal {signo}");
+                    128 + signo
+                }
+            })
+        }
+        // Dropping `vm` kills the VMM and removes its run directory.
+        Err(e) => Err(e.context(format!("the VM failed{}", vm.diagnostics()))),
+    }
+}
+
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+/// Connects to the agent, runs the command with its stdio copied, forwarding signals, and
+/// returns how it ended.
+async fn run_command(
+    vm: &mut RunningVm,
+    args: RunVm,
+    signals: &mut Signals,
+) -> Result<(AgentClient, ExitStatus)> {
     let agent = vm
         .connect(Duration::from_secs(args.boot_timeout))
         .await
@@ -160,13 +194,14 @@ async fn run_vm(args: RunVm) -> Result<i32> {
         tokio::spawn(async move { agent.write_stdin(&process, tokio::io::stdin()).await })
     };
 
-    let wait = agent.wait_process(&exec.process);
+    let waiter = agent.clone();
+    let wait = waiter.wait_process(&exec.process);
     tokio::pin!(wait);
     let status = loop {
         let signo = tokio::select! {
             status = &mut wait => break status?,
-            _ = sigint.recv() => libc::SIGINT,
-            _ = sigterm.recv() => libc::SIGTERM,
+            _ = signals.int.recv() => libc::SIGINT,
+            _ = signals.term.recv() => libc::SIGTERM,
         };
         if let Err(e) = agent.signal_process(&exec.process, signo).await {
             eprintln!("husk: forwarding signal {signo}: {e}");
@@ -180,14 +215,7 @@ async fn run_vm(args: RunVm) -> Result<i32> {
             Err(_) => eprintln!("husk: output still open 10 s after the process ended; dropped"),
         }
     }
-    vm.shutdown(&agent, Duration::from_secs(30)).await?;
-    Ok(match status {
-        ExitStatus::Exited(code) => code,
-        ExitStatus::Signaled(signo) => {
-            eprintln!("husk: guest process killed by signal {signo}");
-            128 + signo
-        }
-    })
+    Ok((agent, status))
 }
 
 fn main() {

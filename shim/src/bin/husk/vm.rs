@@ -19,6 +19,8 @@ pub struct VmOptions {
     pub memory_mib: u32,
     /// Parent of the per-VM run directory, e.g. `/run/husk`.
     pub run_base: PathBuf,
+    /// `husk-vmm --log-level`; its log goes to `<run-dir>/vmm.log`.
+    pub vmm_log_level: String,
 }
 
 /// The per-VM directory (`<run_base>/<id>/`): vsock socket, console log. Removed on drop.
@@ -62,6 +64,8 @@ impl RunningVm {
     pub fn start(opts: &VmOptions) -> Result<Self> {
         let run_dir = RunDir::create(&opts.run_base)?;
         let console = run_dir.0.join("console.log");
+        let vmm_log =
+            std::fs::File::create(run_dir.0.join("vmm.log")).context("creating vmm.log")?;
         let mut command = Command::new(&opts.vmm);
         // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
         // which is async-signal-safe; it touches no memory of the parent.
@@ -84,9 +88,10 @@ impl RunningVm {
             .arg("--vsock-uds")
             .arg(run_dir.0.join(VSOCK_SOCKET))
             .arg(format!("--console=file:{}", console.display()))
+            .arg(format!("--log-level={}", opts.vmm_log_level))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(vmm_log)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", opts.vmm.display()))?;
@@ -107,27 +112,22 @@ impl RunningVm {
             }
             status = self.child.wait() => {
                 let status = status.context("waiting for husk-vmm")?;
-                bail!("husk-vmm ended before the agent answered ({status}){}", self.diagnostics().await)
+                bail!("husk-vmm ended before the agent answered ({status}){}", self.diagnostics())
             }
         }
     }
 
-    /// The VMM's stderr and the tail of the guest console, for error messages.
-    async fn diagnostics(&mut self) -> String {
-        use tokio::io::AsyncReadExt;
-        let mut vmm = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), stderr.read_to_string(&mut vmm)).await;
-        }
-        let console =
-            std::fs::read_to_string(self.run_dir.0.join("console.log")).unwrap_or_default();
-        let tail: Vec<&str> = console.lines().rev().take(20).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
+    /// The tails of the VMM's log and of the guest console, for error messages.
+    pub fn diagnostics(&self) -> String {
+        let tail = |name: &str| {
+            let text = std::fs::read_to_string(self.run_dir.0.join(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        };
         format!(
-            "\n{}\n--- guest console (tail) ---\n{}",
-            vmm.trim_end(),
-            tail.join("\n")
+            "\n--- husk-vmm log (tail) ---\n{}\n--- guest console (tail) ---\n{}",
+            tail("vmm.log"),
+            tail("console.log")
         )
     }
 
@@ -139,7 +139,7 @@ impl RunningVm {
         }
         match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => bail!("husk-vmm ended with {status}{}", self.diagnostics().await),
+            Ok(Ok(status)) => bail!("husk-vmm ended with {status}{}", self.diagnostics()),
             Ok(Err(e)) => Err(e).context("waiting for husk-vmm"),
             Err(_) => {
                 let _ = self.child.kill().await;
