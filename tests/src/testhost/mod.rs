@@ -268,7 +268,23 @@ pub fn run_on(kind: &HostKind, job: &Job, out: &mut dyn Write) -> Result<JobOutp
     job.validate()?;
     match kind {
         HostKind::Native { .. } => native::run(kind, job, out),
-        HostKind::Emulated(host) => emulated::run(kind, host, job, out),
+        HostKind::Emulated(host) => {
+            match emulated::run(kind, host, job, out) {
+                // Nested KVM under TCG occasionally crashes L2's own kernel (seen: a kernel
+                // stack overflow in exc_page_fault under KVM_RUN). That is the test host
+                // failing, not the job: say so loudly and try once more.
+                Err(TestHostError::HostFailed { console_tail, .. })
+                    if console_tail.contains("Kernel panic") =>
+                {
+                    let _ = writeln!(
+                        io::stderr(),
+                        "husk testhost: WARNING: the L2 test host kernel panicked; retrying the job once"
+                    );
+                    emulated::run(kind, host, job, out)
+                }
+                other => other,
+            }
+        }
     }
 }
 
