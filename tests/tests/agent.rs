@@ -86,7 +86,11 @@ fn guest_details_report_the_built_kernel() {
     assert_eq!(code, 0, "{text}");
     let details: serde_json::Value =
         serde_json::from_str(line_value(text, "husk: guest ")).expect("details JSON");
-    assert_eq!(details["kernel_release"], a.kernel_release.as_str(), "{text}");
+    assert_eq!(
+        details["kernel_release"],
+        a.kernel_release.as_str(),
+        "{text}"
+    );
     assert_eq!(details["vcpus"], 1, "{text}");
     // `uname -r` in the guest prints the same release, not the test host's.
     assert!(text.lines().any(|l| l.trim() == a.kernel_release), "{text}");
@@ -110,7 +114,10 @@ fn a_signal_reaches_the_guest_process_and_is_reported() {
     };
     let (text, code) = section(&out.stdout, "sigterm");
     assert_eq!(code, 128 + 15, "{text}");
-    assert!(text.contains("husk: guest process killed by signal 15"), "{text}");
+    assert!(
+        text.contains("husk: guest process killed by signal 15"),
+        "{text}"
+    );
 }
 
 #[test]

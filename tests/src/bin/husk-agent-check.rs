@@ -65,12 +65,19 @@ async fn disconnect_mid_stream(run_dir: &Path) -> Result<()> {
     let exec = agent
         .exec_in_guest(exec_request(&["echo", "alive"], false))
         .await?;
-    let out = agent.read_stdout(&exec.process).await?.read_to_end(1024).await?;
+    let out = agent
+        .read_stdout(&exec.process)
+        .await?
+        .read_to_end(1024)
+        .await?;
     ensure!(out == b"alive\n", "unexpected output {out:?}");
     ensure!(agent.wait_process(&exec.process).await? == ExitStatus::Exited(0));
     agent.signal_process(&victim, libc::SIGKILL).await?;
     let status = agent.wait_process(&victim).await?;
-    ensure!(status == ExitStatus::Signaled(libc::SIGKILL), "victim ended {status:?}");
+    ensure!(
+        status == ExitStatus::Signaled(libc::SIGKILL),
+        "victim ended {status:?}"
+    );
     println!("CHECK disconnect ok agent served a new client; abandoned process ended {status:?}");
     Ok(())
 }
@@ -81,13 +88,19 @@ async fn exit_and_signal(agent: &AgentClient) -> Result<()> {
         .exec_in_guest(exec_request(&["sh", "-c", "exit 7"], false))
         .await?;
     let status = agent.wait_process(&exec.process).await?;
-    ensure!(status == ExitStatus::Exited(7), "sh -c 'exit 7' ended {status:?}");
+    ensure!(
+        status == ExitStatus::Exited(7),
+        "sh -c 'exit 7' ended {status:?}"
+    );
     let exec = agent
         .exec_in_guest(exec_request(&["sleep", "60"], false))
         .await?;
     agent.signal_process(&exec.process, libc::SIGTERM).await?;
     let status = agent.wait_process(&exec.process).await?;
-    ensure!(status == ExitStatus::Signaled(libc::SIGTERM), "sleep ended {status:?}");
+    ensure!(
+        status == ExitStatus::Signaled(libc::SIGTERM),
+        "sleep ended {status:?}"
+    );
     println!("CHECK exit ok exit 7 and SIGTERM reported");
     Ok(())
 }
@@ -129,7 +142,10 @@ async fn bench(run_dir: &Path, rpcs: usize, mib: u64) -> Result<()> {
     // Guest → host: the agent streams a process's stdout.
     let t = Instant::now();
     let exec = agent
-        .exec_in_guest(exec_request(&["head", "-c", &bytes.to_string(), "/dev/zero"], false))
+        .exec_in_guest(exec_request(
+            &["head", "-c", &bytes.to_string(), "/dev/zero"],
+            false,
+        ))
         .await?;
     let out = agent
         .read_stdout(&exec.process)
@@ -138,8 +154,15 @@ async fn bench(run_dir: &Path, rpcs: usize, mib: u64) -> Result<()> {
         .await?;
     agent.wait_process(&exec.process).await?;
     let secs = t.elapsed().as_secs_f64();
-    ensure!(out.len() as u64 == bytes, "read {} of {bytes} bytes", out.len());
-    println!("BENCH guest_to_host MiB={mib} MiB_per_s={:.1}", mib as f64 / secs);
+    ensure!(
+        out.len() as u64 == bytes,
+        "read {} of {bytes} bytes",
+        out.len()
+    );
+    println!(
+        "BENCH guest_to_host MiB={mib} MiB_per_s={:.1}",
+        mib as f64 / secs
+    );
 
     // Host → guest: stdin of `cat > /dev/null`.
     let t = Instant::now();
@@ -151,7 +174,10 @@ async fn bench(run_dir: &Path, rpcs: usize, mib: u64) -> Result<()> {
     agent.wait_process(&exec.process).await?;
     let secs = t.elapsed().as_secs_f64();
     ensure!(written == bytes, "wrote {written} of {bytes} bytes");
-    println!("BENCH host_to_guest MiB={mib} MiB_per_s={:.1}", mib as f64 / secs);
+    println!(
+        "BENCH host_to_guest MiB={mib} MiB_per_s={:.1}",
+        mib as f64 / secs
+    );
     Ok(())
 }
 
@@ -163,7 +189,9 @@ fn main() -> Result<()> {
     let mut mib = 64;
     let mut i = 1;
     while i < args.len() {
-        let value = args.get(i + 1).with_context(|| format!("{} needs a value", args[i]))?;
+        let value = args
+            .get(i + 1)
+            .with_context(|| format!("{} needs a value", args[i]))?;
         match args[i].as_str() {
             "--run-dir" => run_dir = Some(PathBuf::from(value)),
             "--rpcs" => rpcs = value.parse()?,

@@ -195,7 +195,10 @@ fn main() -> Result<()> {
             }
         }
         if boots.is_empty() {
-            println!("| {vcpus} | {mib} | 0 of {} succeeded | | | | | | | |", o.runs);
+            println!(
+                "| {vcpus} | {mib} | 0 of {} succeeded | | | | | | | |",
+                o.runs
+            );
             continue;
         }
         let (r_med, r_min, r_max, r_sd) = stats(boots.iter().map(|b| ms(b.ready)).collect());
