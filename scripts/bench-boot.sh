@@ -11,6 +11,7 @@ if [ "${1:-}" = "--runs" ]; then runs=$2; shift 2; fi
 configs=("$@")
 [ ${#configs[@]} -gt 0 ] || configs=(1:128 2:128 1:512 2:512)
 build_all
+"$repo/scripts/build-guest.sh" --release >&2
 cargo build --release -p husk-vmm -p husk-tests --bins >&2
 for config in "${configs[@]}"; do
     "$repo/target/debug/husk-testhost" --timeout 900 \
