@@ -26,6 +26,11 @@ const POWEROFF_GRACE: Duration = Duration::from_secs(30);
 const KVM_MODULES: &[&str] = &["kvm_amd"];
 /// The modules of the host-root share: virtio PCI transport, 9p, overlayfs.
 const HOST_ROOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
+/// Without a heartbeat for this long, L2 is taken to have wedged (nested KVM under TCG can
+/// lock L2 up entirely; a slow job still lets the heartbeat through).
+const WEDGED_AFTER: Duration = Duration::from_secs(60);
+/// How a wedged L2 is reported; `run_on` retries such a job once.
+pub const L2_WEDGED: &str = "the L2 test host stopped responding";
 /// L2's kernel command line. Console output is slow under emulation: keep it quiet.
 const CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init";
 
@@ -84,6 +89,13 @@ pub fn run(
             if at.elapsed() > POWEROFF_GRACE {
                 break; // We have the result; L2 just did not power off.
             }
+        } else if st.alive.is_some_and(|t| t.elapsed() > WEDGED_AFTER) {
+            qemu.kill();
+            follow(&mut job_reader, &mut output, out)?;
+            return Err(TestHostError::HostFailed {
+                reason: format!("{L2_WEDGED}: no heartbeat for {WEDGED_AFTER:?}"),
+                console_tail: tail(&st.console, 40),
+            });
         } else if Instant::now() > deadline {
             qemu.kill();
             follow(&mut job_reader, &mut output, out)?;
@@ -145,6 +157,8 @@ struct RunState {
     init: Option<Instant>,
     mods: Option<Instant>,
     begin: Option<Instant>,
+    /// The last sign of life from L2's init (BEGIN or a heartbeat).
+    alive: Option<Instant>,
     exit: Option<(i32, Instant)>,
     error: Option<String>,
     exited: Option<String>,
@@ -157,7 +171,11 @@ impl RunState {
         match protocol::parse_marker(line, nonce) {
             Some(Marker::Init) => self.init = Some(at),
             Some(Marker::ModulesLoaded) => self.mods = Some(at),
-            Some(Marker::Begin) => self.begin = Some(at),
+            Some(Marker::Begin) => {
+                self.begin = Some(at);
+                self.alive = Some(at);
+            }
+            Some(Marker::Heartbeat) => self.alive = Some(at),
             Some(Marker::Exit(code)) => self.exit = Some((code, at)),
             Some(Marker::Error(e)) => self.error = Some(e),
             None => {}

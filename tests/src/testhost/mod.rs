@@ -271,14 +271,22 @@ pub fn run_on(kind: &HostKind, job: &Job, out: &mut dyn Write) -> Result<JobOutp
         HostKind::Emulated(host) => {
             match emulated::run(kind, host, job, out) {
                 // Nested KVM under TCG occasionally crashes L2's own kernel (seen: a kernel
-                // stack overflow in exc_page_fault under KVM_RUN). That is the test host
-                // failing, not the job: say so loudly and try once more.
-                Err(TestHostError::HostFailed { console_tail, .. })
-                    if console_tail.contains("Kernel panic") =>
+                // stack overflow in exc_page_fault under KVM_RUN) or wedges it (no heartbeat).
+                // That is the test host failing, not the job: say so loudly and retry once.
+                Err(TestHostError::HostFailed {
+                    reason,
+                    console_tail,
+                }) if console_tail.contains("Kernel panic")
+                    || reason.starts_with(emulated::L2_WEDGED) =>
                 {
                     let _ = writeln!(
                         io::stderr(),
-                        "husk testhost: WARNING: the L2 test host kernel panicked; retrying the job once"
+                        "husk testhost: WARNING: the L2 test host failed ({}); retrying the job once",
+                        if reason.starts_with(emulated::L2_WEDGED) {
+                            reason.as_str()
+                        } else {
+                            "its kernel panicked"
+                        }
                     );
                     emulated::run(kind, host, job, out)
                 }

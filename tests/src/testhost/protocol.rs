@@ -23,11 +23,16 @@ pub enum Marker {
     ModulesLoaded,
     /// The job script starts now.
     Begin,
+    /// L2 is alive (printed every few seconds while the job runs).
+    Heartbeat,
     /// The job script exited with this status.
     Exit(i32),
     /// `/init` could not prepare the job; it powers off next.
     Error(String),
 }
+
+/// How often L2's init prints a heartbeat while the job runs.
+pub const HEARTBEAT_SECS: u64 = 5;
 
 /// The marker in a console line, if it carries one for this run.
 pub fn parse_marker(line: &str, nonce: &str) -> Option<Marker> {
@@ -42,6 +47,7 @@ pub fn parse_marker(line: &str, nonce: &str) -> Option<Marker> {
         ("INIT", None) => Some(Marker::Init),
         ("MODS", None) => Some(Marker::ModulesLoaded),
         ("BEGIN", None) => Some(Marker::Begin),
+        ("HB", None) => Some(Marker::Heartbeat),
         ("EXIT", Some(code)) => code.trim().parse().ok().map(Marker::Exit),
         ("ERROR", Some(msg)) => Some(Marker::Error(msg.to_string())),
         _ => None,
@@ -115,6 +121,10 @@ pub fn init_script(p: &InitParams<'_>) -> String {
     line(&format!(
         "export HUSK_FILES={FILES_DIR} HUSK_TESTHOST=emulated"
     ));
+    // A heartbeat, so that the harness can tell a wedged L2 from a slow job.
+    line(&format!(
+        "(while :; do sleep {HEARTBEAT_SECS}; mark HB; done) </dev/null >/dev/console 2>&1 &"
+    ));
     line("mark BEGIN");
     line(&format!("{run_job} </dev/null >&3 2>&3"));
     line("rc=$?");
@@ -152,6 +162,10 @@ mod tests {
         assert_eq!(
             parse_marker("HUSK-TESTHOST:1a2b:INIT", n),
             Some(Marker::Init)
+        );
+        assert_eq!(
+            parse_marker("HUSK-TESTHOST:1a2b:HB", n),
+            Some(Marker::Heartbeat)
         );
         assert_eq!(
             parse_marker("HUSK-TESTHOST:1a2b:MODS\r", n),
