@@ -9,4 +9,4 @@ cargo fmt --all -- --check
 build_all
 cargo clippy --workspace --all-targets -- -D warnings
 export HUSK_REQUIRE_KVM="${HUSK_REQUIRE_KVM:-1}"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
