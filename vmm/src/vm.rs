@@ -188,6 +188,38 @@ fn console_writer(console: &ConsoleOutput) -> Result<Box<dyn Write + Send>, VmEr
     })
 }
 
+/// The port-I/O bus with the 8250 console on COM1 (IRQ 4 through an irqfd), the i8042 and
+/// husk's power register.
+fn legacy_devices(
+    vm: &VmFd,
+    config: &VmConfig,
+    exit: &ExitNotifier,
+) -> Result<(Arc<Bus>, Arc<Mutex<SerialConsole>>), VmError> {
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmError::Io {
+        what: "creating the serial eventfd",
+        source,
+    })?;
+    vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)
+        .map_err(kvm_err("KVM_IRQFD (serial)"))?;
+    let serial = Arc::new(Mutex::new(SerialConsole::new(
+        serial_irq,
+        console_writer(&config.console)?,
+    )));
+    let mut pio = Bus::new();
+    pio.insert(serial.clone(), SERIAL_PORT, SERIAL_PORT_LEN)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        I8042_PORT,
+        I8042_PORT_LEN,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(PowerRegister::new(exit.clone()))),
+        POWER_PORT,
+        1,
+    )?;
+    Ok((Arc::new(pio), serial))
+}
+
 /// Creates the vsock device in the next slot: MMIO window, irqfd, ioeventfds for the queue
 /// notifications, and the kernel command line entry.
 fn attach_vsock(
@@ -301,29 +333,7 @@ impl Vm {
             what: "creating the exit eventfd",
             source,
         })?;
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmError::Io {
-            what: "creating the serial eventfd",
-            source,
-        })?;
-        vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)
-            .map_err(kvm_err("KVM_IRQFD (serial)"))?;
-        let serial = Arc::new(Mutex::new(SerialConsole::new(
-            serial_irq,
-            console_writer(&config.console)?,
-        )));
-        let mut pio = Bus::new();
-        pio.insert(serial.clone(), SERIAL_PORT, SERIAL_PORT_LEN)?;
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(exit.clone()))),
-            I8042_PORT,
-            I8042_PORT_LEN,
-        )?;
-        pio.insert(
-            Arc::new(Mutex::new(PowerRegister::new(exit.clone()))),
-            POWER_PORT,
-            1,
-        )?;
-        let pio = Arc::new(pio);
+        let (pio, serial) = legacy_devices(&vm, config, &exit)?;
 
         let mut cmdline = Cmdline::with_defaults();
         let mut mmio = Bus::new();
