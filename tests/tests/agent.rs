@@ -6,8 +6,8 @@ mod common;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{section, Artifacts};
-use husk_tests::testhost::{self, Job, JobOutput};
+use common::{line_value, run_once, section, SharedRun};
+use husk_tests::testhost::Job;
 
 const SCRIPT: &str = r#"
 F="$HUSK_FILES"
@@ -56,34 +56,18 @@ echo "END agent exit=$rc"
 "#;
 
 /// Runs the shared job once; `None` (after a loud SKIPPED line) without a KVM host.
-fn shared(test: &str) -> Option<&'static (Artifacts, JobOutput)> {
-    static RUN: OnceLock<(Artifacts, JobOutput)> = OnceLock::new();
-    testhost::kvm_host_or_skip(test)?;
-    Some(RUN.get_or_init(|| {
-        let a = Artifacts::locate();
+fn shared(test: &str) -> Option<&'static SharedRun> {
+    static RUN: OnceLock<SharedRun> = OnceLock::new();
+    run_once(&RUN, test, |a| {
         let bin = common::bin_dir();
-        let job = Job::new(SCRIPT)
+        Job::new(SCRIPT)
             .file(&a.vmm, "husk-vmm")
             .file(bin.join("husk"), "husk")
             .file(bin.join("husk-agent-check"), "husk-agent-check")
             .file(&a.vmlinux, "vmlinux")
             .file(&a.initramfs, "initramfs.cpio")
-            .timeout(Duration::from_secs(1200));
-        let output = testhost::run(&job).expect("test host run");
-        eprintln!(
-            "agent tests ran on: {}; total {:?}",
-            output.kind.describe(),
-            output.total
-        );
-        (a, output)
-    }))
-}
-
-fn line_value<'a>(text: &'a str, prefix: &str) -> &'a str {
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{text}"))
-        .trim()
+            .timeout(Duration::from_secs(1200))
+    })
 }
 
 #[test]

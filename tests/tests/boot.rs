@@ -6,8 +6,8 @@ mod common;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{ready_line, section, triple_fault_elf, Artifacts};
-use husk_tests::testhost::{self, Job, JobOutput};
+use common::{line_value, ready_line, run_once, section, triple_fault_elf, SharedRun};
+use husk_tests::testhost::Job;
 
 /// Boots in the shared run: (section name, vCPUs, MiB).
 const BOOTS: &[(&str, u8, u32)] = &[("smp1", 1, 128), ("smp2", 2, 256)];
@@ -22,58 +22,37 @@ boot panic --kernel "$K" --initramfs "$I" --cmdline "rdinit=/nonexistent"
 boot triple --kernel "$HUSK_FILES/triple-fault.elf"
 "#;
 
-struct Shared {
-    artifacts: Artifacts,
-    output: JobOutput,
-}
-
 /// Runs the shared job once; `None` (after a loud SKIPPED line) without a KVM host.
-fn shared(test: &str) -> Option<&'static Shared> {
-    static RUN: OnceLock<Option<Shared>> = OnceLock::new();
-    testhost::kvm_host_or_skip(test)?;
-    RUN.get_or_init(|| {
-        let artifacts = Artifacts::locate();
-        let dir = std::env::temp_dir().join(format!("husk-boot-test-{}", std::process::id()));
+fn shared(test: &str) -> Option<&'static SharedRun> {
+    static RUN: OnceLock<SharedRun> = OnceLock::new();
+    let dir = std::env::temp_dir().join(format!("husk-boot-test-{}", std::process::id()));
+    let run = run_once(&RUN, test, |a| {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let elf = dir.join("triple-fault.elf");
         std::fs::write(&elf, triple_fault_elf()).expect("write test ELF");
-        let job = Job::new(SCRIPT)
-            .file(&artifacts.vmm, "husk-vmm")
-            .file(&artifacts.vmlinux, "vmlinux")
-            .file(&artifacts.initramfs, "initramfs.cpio")
+        Job::new(SCRIPT)
+            .file(&a.vmm, "husk-vmm")
+            .file(&a.vmlinux, "vmlinux")
+            .file(&a.initramfs, "initramfs.cpio")
             .file(&elf, "triple-fault.elf")
-            .timeout(Duration::from_secs(600));
-        let output = testhost::run(&job).expect("test host run");
-        let _ = std::fs::remove_dir_all(&dir);
-        eprintln!(
-            "boot tests ran on: {}; host boot {:?}, total {:?}",
-            output.kind.describe(),
-            output.host_boot,
-            output.total
-        );
-        assert!(output.success(), "job failed:\n{}", output.stdout);
-        Some(Shared { artifacts, output })
-    })
-    .as_ref()
+            .timeout(Duration::from_secs(600))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    run
 }
 
 #[test]
 fn guest_reports_the_built_kernel_and_the_configured_vcpus_and_memory() {
-    let Some(s) = shared("guest_reports_the_built_kernel_and_the_configured_vcpus_and_memory")
+    let Some((artifacts, output)) =
+        shared("guest_reports_the_built_kernel_and_the_configured_vcpus_and_memory")
     else {
         return;
     };
-    let host_release = s
-        .output
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("HOST-RELEASE "))
-        .expect("host release line")
-        .trim();
+    let host_release = line_value(&output.stdout, "HOST-RELEASE ");
     for &(name, vcpus, mib) in BOOTS {
-        let (text, code) = section(&s.output.stdout, name);
+        let (text, code) = section(&output.stdout, name);
         let ready = ready_line(text);
-        assert_eq!(ready.kernel_release, s.artifacts.kernel_release, "{name}");
+        assert_eq!(ready.kernel_release, artifacts.kernel_release, "{name}");
         assert_ne!(
             ready.kernel_release, host_release,
             "{name}: guest runs the host kernel?"
@@ -101,10 +80,11 @@ fn guest_reports_the_built_kernel_and_the_configured_vcpus_and_memory() {
 
 #[test]
 fn a_guest_kernel_panic_ends_the_vmm_with_the_reset_status() {
-    let Some(s) = shared("a_guest_kernel_panic_ends_the_vmm_with_the_reset_status") else {
+    let Some((_, output)) = shared("a_guest_kernel_panic_ends_the_vmm_with_the_reset_status")
+    else {
         return;
     };
-    let (text, code) = section(&s.output.stdout, "panic");
+    let (text, code) = section(&output.stdout, "panic");
     assert!(
         !text.contains("HUSK-READY"),
         "the agent must not have run:\n{text}"
@@ -119,10 +99,10 @@ fn a_guest_kernel_panic_ends_the_vmm_with_the_reset_status() {
 
 #[test]
 fn a_triple_fault_is_reported_not_hung_on() {
-    let Some(s) = shared("a_triple_fault_is_reported_not_hung_on") else {
+    let Some((_, output)) = shared("a_triple_fault_is_reported_not_hung_on") else {
         return;
     };
-    let (text, code) = section(&s.output.stdout, "triple");
+    let (text, code) = section(&output.stdout, "triple");
     assert_eq!(code, 3, "{text}");
     assert!(text.contains("husk-vmm: vCPU 0 triple-faulted"), "{text}");
 }

@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use husk_tests::testhost::{self, Job, JobOutput};
 
 /// The files a VM test needs, as built by `kernel-config/build.sh`,
 /// `scripts/build-guest.sh` and `cargo build`.
@@ -59,6 +62,40 @@ impl Artifacts {
             kernel_release,
         }
     }
+}
+
+/// The artifacts and the output of a test file's shared test-host run.
+pub type SharedRun = (Artifacts, JobOutput);
+
+/// Runs the job `make_job` builds once per test binary (one L2 boot when emulated), for all
+/// the tests in it; `None` after a loud SKIPPED line when there is no KVM host. Panics if the
+/// job itself fails.
+pub fn run_once(
+    cell: &'static OnceLock<SharedRun>,
+    test: &str,
+    make_job: impl FnOnce(&Artifacts) -> Job,
+) -> Option<&'static SharedRun> {
+    testhost::kvm_host_or_skip(test)?;
+    Some(cell.get_or_init(|| {
+        let artifacts = Artifacts::locate();
+        let output = testhost::run(&make_job(&artifacts)).expect("test host run");
+        eprintln!(
+            "{test}: shared run on {}; host boot {:?}, total {:?}",
+            output.kind.describe(),
+            output.host_boot,
+            output.total
+        );
+        assert!(output.success(), "job failed:\n{}", output.stdout);
+        (artifacts, output)
+    }))
+}
+
+/// The rest of the first line of `text` that starts with `prefix`, trimmed.
+pub fn line_value<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{text}"))
+        .trim()
 }
 
 /// The agent's readiness report.
