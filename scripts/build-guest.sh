@@ -47,7 +47,15 @@ fi
 # The agent: static glibc (no musl here). --target keeps RUSTFLAGS away from
 # host tools and gives the static build its own directory, so switching
 # between this and host builds does not rebuild everything.
+# libcontainer's seccomp support links libseccomp (libseccomp-dev): statically
+# here, from the multiarch directory.
 echo "build-guest: building husk-agent ($profile, static)" >&2
+libdir="/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)"
+if [[ ! -e $libdir/libseccomp.a ]]; then
+    echo "build-guest: $libdir/libseccomp.a is missing (apt install libseccomp-dev)" >&2
+    exit 1
+fi
+LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$libdir" \
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
     cargo build -p husk-agent --target "$target" "${cargo_profile_args[@]}"
 agent="$target_dir/$target/$profile/husk-agent"
@@ -79,13 +87,26 @@ cargo build -p husk-vmm --bin husk-mkinitramfs "${cargo_profile_args[@]}"
 mkinitramfs="$target_dir/$profile/husk-mkinitramfs"
 
 mkdir -p "$out_dir"
-# Debug info would make up most of the initramfs, which the guest keeps in
-# RAM; the symbols stay for backtraces, and the full binary stays in target/.
+# Debug info and symbols would make up much of the initramfs, which the guest
+# keeps in RAM; the full binary stays in target/ for addr2line.
 guest_agent="$out_dir/husk-agent"
-strip --strip-debug -o "$guest_agent" "$agent"
+strip --strip-all -o "$guest_agent" "$agent"
 
 initramfs="$out_dir/initramfs.cpio"
 "$mkinitramfs" --output "$initramfs" --init "$guest_agent" --busybox "$busybox"
 
 echo "build-guest: wrote $initramfs ($(stat -c %s "$initramfs") bytes)" >&2
+
+# husk-probe goes into the benchmark's and the isolation suite's container image
+# (not into the initramfs): static, so that it runs in any rootfs, and always
+# optimised, because it measures.
+echo "build-guest: building husk-probe (release, static)" >&2
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build -p husk-probe --target "$target" --release
+strip --strip-all -o "$out_dir/husk-probe" "$target_dir/$target/release/husk-probe"
+if readelf -l "$out_dir/husk-probe" 2>/dev/null | grep -q 'INTERP'; then
+    echo "build-guest: husk-probe is not statically linked" >&2
+    exit 1
+fi
+echo "build-guest: wrote $out_dir/husk-probe" >&2
 sha256sum "$initramfs"

@@ -10,3 +10,14 @@ build_all
 cargo clippy --workspace --all-targets -- -D warnings
 export HUSK_REQUIRE_KVM="${HUSK_REQUIRE_KVM:-1}"
 cargo test --workspace --no-fail-fast
+
+# The containerd suite again against containerd 1.7 (trixie) and 2.x (sid), fetched into
+# the cache without installing them (tests/containerd/fetch.sh), with fewer cycles.
+for suite in trixie sid; do
+    if ! bin=$(tests/containerd/fetch.sh "$suite"); then
+        echo "SKIPPED: ctr_husk with containerd from $suite: fetching it failed" >&2
+        continue
+    fi
+    echo "test.sh: ctr_husk with containerd from $suite ($bin)" >&2
+    HUSK_CONTAINERD_BIN="$bin" HUSK_CTR_CYCLES=10 cargo test -p husk-tests --test ctr_husk
+done

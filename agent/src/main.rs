@@ -18,13 +18,17 @@
 //! host, `--print-ready-only`.
 
 mod args;
+mod container;
 mod guestinfo;
 mod logger;
 mod mounts;
+mod network;
 mod power;
 mod processes;
+mod rootfs;
 mod server;
 mod service;
+mod storage;
 mod supervisor;
 #[cfg(test)]
 mod tests;
@@ -48,6 +52,16 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn main() {
+    // The container helper (see container::helper) is this binary re-executed.
+    let mut raw = std::env::args_os().skip(1);
+    if raw
+        .next()
+        .is_some_and(|a| a == container::helper::HELPER_ARG)
+    {
+        let request = raw.next().map(|a| a.to_string_lossy().into_owned());
+        container::helper::main(request.as_deref().unwrap_or_default());
+    }
+
     // args_os: std::env::args would panic on an argument that is not UTF-8.
     let args = Args::parse(
         std::env::args_os()
@@ -94,6 +108,7 @@ fn run_init(args: &Args) -> anyhow::Result<std::convert::Infallible> {
     // First, so that no SIGCHLD or SIGTERM is lost.
     supervisor::block().context("blocking signals")?;
     let sys = mounts::Linux;
+    rootfs::leave_initramfs(&sys).context("leaving the initramfs")?;
     mounts::mount_all(&sys, mounts::PLAN)?;
     print_ready()?;
     if args.poweroff {

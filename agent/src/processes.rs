@@ -8,14 +8,23 @@
 //! before it is tracked, and because signals are sent with the table locked
 //! and only to processes not yet reaped, a signal never reaches a reused pid.
 //!
+//! Container processes are not the agent's children: the container helper
+//! (see [`crate::container`]) forks them and exits, so PID 1 inherits them.
+//! [`Processes::adopt`] tracks such a pid; an orphan that exited before it was
+//! adopted is found in a short list of recent untracked exits
+//! ([`RECENT_ORPHANS`], kept [`ORPHAN_TTL`]).
+//!
+//! Every tracked exit is also published on a broadcast channel
+//! ([`Processes::subscribe_exits`]) for the event stream.
+//!
 //! An entry is removed once its exit status has been returned by WaitProcess
 //! and its stdout and stderr have reached EOF, or [`ABANDON_AFTER`] after the
 //! wait if no reader is busy with them. At most [`MAX_PROCESSES`] entries live
 //! at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::unix::pipe;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::{debug, supervisor};
 
@@ -32,6 +41,16 @@ pub const MAX_PROCESSES: usize = 1024;
 
 /// How long an exited, waited-for process keeps output nobody reads.
 pub const ABANDON_AFTER: Duration = Duration::from_secs(60);
+
+/// Untracked exits remembered for a later [`Processes::adopt`].
+pub const RECENT_ORPHANS: usize = 64;
+
+/// How long an untracked exit is remembered: adoption follows the helper's
+/// exit within milliseconds, and a longer memory would risk a reused pid.
+pub const ORPHAN_TTL: Duration = Duration::from_secs(10);
+
+/// Exits buffered per event-stream subscriber before it lags.
+const EXIT_EVENTS: usize = 256;
 
 /// PATH of a process started without an environment.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -136,6 +155,24 @@ pub enum ProcessError {
     },
 }
 
+/// A tracked process's exit, as published to subscribers.
+#[derive(Debug, Clone)]
+pub struct ExitEvent {
+    pub id: String,
+    pub pid: u32,
+    pub exit: Exit,
+}
+
+/// The stdio of an adopted process, as the agent holds it.
+#[derive(Debug, Default)]
+pub struct AdoptedStdio {
+    pub stdin: Option<pipe::Sender>,
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
+    /// The terminal's master side, kept for ResizeTty.
+    pub tty: Option<OwnedFd>,
+}
+
 struct Entry {
     pid: i32,
     exit: watch::Sender<Option<Exit>>,
@@ -144,13 +181,30 @@ struct Entry {
     stdin: Slot<pipe::Sender>,
     stdout: Slot<pipe::Receiver>,
     stderr: Slot<pipe::Receiver>,
+    tty: Option<OwnedFd>,
 }
 
-#[derive(Default)]
+impl Entry {
+    fn new(pid: i32) -> Entry {
+        Entry {
+            pid,
+            exit: watch::channel(None).0,
+            waited_at: None,
+            stdin: Slot::Done,
+            stdout: Slot::Done,
+            stderr: Slot::Done,
+            tty: None,
+        }
+    }
+}
+
 struct Table {
     by_id: HashMap<String, Entry>,
     /// Tracked pids not yet reaped.
     running: HashMap<i32, String>,
+    /// Recent exits of untracked children, newest last.
+    orphans: VecDeque<(i32, Exit, Instant)>,
+    exits: broadcast::Sender<ExitEvent>,
 }
 
 impl Table {
@@ -158,18 +212,41 @@ impl Table {
         let Some(exit) = ExitStatus::from_wait(status) else {
             return;
         };
+        let exit = Exit {
+            status: exit,
+            at: SystemTime::now(),
+        };
         match self.running.remove(&pid) {
-            Some(id) => {
-                debug!("process {id} (pid {pid}) ended: {exit:?}");
-                if let Some(entry) = self.by_id.get(&id) {
-                    entry.exit.send_replace(Some(Exit {
-                        status: exit,
-                        at: SystemTime::now(),
-                    }));
+            Some(id) => self.record(id, pid, exit),
+            None => {
+                debug!("reaped untracked pid {pid}: {exit:?}");
+                if self.orphans.len() >= RECENT_ORPHANS {
+                    self.orphans.pop_front();
                 }
+                self.orphans.push_back((pid, exit, Instant::now()));
             }
-            None => debug!("reaped untracked pid {pid}: {exit:?}"),
         }
+    }
+
+    /// Stores the exit of the tracked process `id` and publishes it.
+    fn record(&mut self, id: String, pid: i32, exit: Exit) {
+        debug!("process {id} (pid {pid}) ended: {:?}", exit.status);
+        if let Some(entry) = self.by_id.get(&id) {
+            entry.exit.send_replace(Some(exit));
+        }
+        // No subscriber is not an error.
+        let _ = self.exits.send(ExitEvent {
+            id,
+            pid: pid.unsigned_abs(),
+            exit,
+        });
+    }
+
+    /// Takes the remembered exit of the untracked pid `pid`, if recent.
+    fn take_orphan(&mut self, pid: i32) -> Option<Exit> {
+        self.orphans.retain(|(_, _, at)| at.elapsed() < ORPHAN_TTL);
+        let i = self.orphans.iter().position(|(p, _, _)| *p == pid)?;
+        self.orphans.remove(i).map(|(_, exit, _)| exit)
     }
 
     /// Removes `id` if it is finished: waited for and both outputs at EOF.
@@ -252,7 +329,12 @@ impl Processes {
     /// An empty table.
     pub fn new(scope: ReapScope) -> Arc<Processes> {
         Arc::new(Processes {
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(Table {
+                by_id: HashMap::new(),
+                running: HashMap::new(),
+                orphans: VecDeque::new(),
+                exits: broadcast::channel(EXIT_EVENTS).0,
+            }),
             scope,
             next_id: AtomicU64::new(1),
         })
@@ -320,16 +402,113 @@ impl Processes {
         table.by_id.insert(
             id.clone(),
             Entry {
-                pid: pid_i32,
-                exit: watch::channel(None).0,
-                waited_at: None,
                 stdin,
                 stdout,
                 stderr,
+                ..Entry::new(pid_i32)
             },
         );
         debug!("started {id} (pid {pid}): {:?}", spawn.argv);
         Ok((id, pid))
+    }
+
+    /// Starts `cmd` (its stdio already set by the caller) as the tracked
+    /// process `id`, without pipes. Returns its pid.
+    pub fn spawn_command(&self, id: &str, cmd: &mut Command) -> Result<u32, ProcessError> {
+        let mut table = self.lock();
+        if table.by_id.len() >= MAX_PROCESSES {
+            return Err(ProcessError::TooMany);
+        }
+        if table.by_id.contains_key(id) {
+            return Err(ProcessError::Invalid(format!("{id:?} exists")));
+        }
+        let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+            program: cmd.get_program().to_string_lossy().into_owned(),
+            source,
+        })?;
+        let pid = child.id();
+        let pid_i32 = i32::try_from(pid).map_err(|_| ProcessError::Invalid("pid".into()))?;
+        // The reaper owns the pid from here on.
+        drop(child);
+        table.running.insert(pid_i32, id.to_owned());
+        table.by_id.insert(id.to_owned(), Entry::new(pid_i32));
+        Ok(pid)
+    }
+
+    /// Tracks `pid`, a process PID 1 inherited, as `id` with its stdio. If it
+    /// has already been reaped, its recent exit is recorded at once.
+    pub fn adopt(&self, id: &str, pid: u32, stdio: AdoptedStdio) -> Result<(), ProcessError> {
+        let pid_i32 = i32::try_from(pid)
+            .ok()
+            .filter(|p| *p > 1)
+            .ok_or_else(|| ProcessError::Invalid(format!("pid {pid}")))?;
+        let mut table = self.lock();
+        if table.by_id.len() >= MAX_PROCESSES {
+            return Err(ProcessError::TooMany);
+        }
+        if table.by_id.contains_key(id) {
+            return Err(ProcessError::Invalid(format!("{id:?} exists")));
+        }
+        table.by_id.insert(
+            id.to_owned(),
+            Entry {
+                stdin: stdio.stdin.map_or(Slot::Done, Slot::Ready),
+                stdout: stdio.stdout.map_or(Slot::Done, Slot::Ready),
+                stderr: stdio.stderr.map_or(Slot::Done, Slot::Ready),
+                tty: stdio.tty,
+                ..Entry::new(pid_i32)
+            },
+        );
+        match table.take_orphan(pid_i32) {
+            Some(exit) => table.record(id.to_owned(), pid_i32, exit),
+            None => {
+                table.running.insert(pid_i32, id.to_owned());
+            }
+        }
+        debug!("adopted {id} (pid {pid})");
+        Ok(())
+    }
+
+    /// The exits of tracked processes from now on.
+    pub fn subscribe_exits(&self) -> broadcast::Receiver<ExitEvent> {
+        self.lock().exits.subscribe()
+    }
+
+    /// Forgets every entry whose id starts with `prefix` (a removed
+    /// container's processes), dropping their pipes. Running ones stay
+    /// reaped but untracked.
+    pub fn forget_prefix(&self, prefix: &str) {
+        let mut table = self.lock();
+        table.by_id.retain(|id, _| !id.starts_with(prefix));
+        table.running.retain(|_, id| !id.starts_with(prefix));
+    }
+
+    /// Sets the terminal size of `id`'s tty.
+    pub fn resize_tty(&self, id: &str, width: u16, height: u16) -> Result<(), ProcessError> {
+        let table = self.lock();
+        let entry = table
+            .by_id
+            .get(id)
+            .ok_or_else(|| ProcessError::NotFound(id.to_owned()))?;
+        let tty = entry
+            .tty
+            .as_ref()
+            .ok_or_else(|| ProcessError::Invalid(format!("{id:?} has no terminal")))?;
+        let size = libc::winsize {
+            ws_row: height,
+            ws_col: width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: the fd is a pty master the entry owns; `size` is a valid
+        // winsize that the kernel only reads during the call.
+        if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &size) } != 0 {
+            return Err(ProcessError::Invalid(format!(
+                "resizing the terminal of {id:?}: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        Ok(())
     }
 
     /// Collects every exited child (see the module's doc).
@@ -532,5 +711,66 @@ pub async fn run_reaper(procs: Arc<Processes>, mut sigchld: tokio::signal::unix:
             _ = tick.tick() => procs.forget_abandoned(),
         }
         procs.reap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wait status for "exited with `code`".
+    fn exited(code: i32) -> libc::c_int {
+        code << 8
+    }
+
+    #[tokio::test]
+    async fn an_orphan_reaped_before_adoption_keeps_its_exit() {
+        let procs = Processes::new(ReapScope::Tracked);
+        let mut exits = procs.subscribe_exits();
+        // PID 1 reaps pid 4242 before anyone tracks it ...
+        procs.lock().route(4242, exited(3));
+        // ... then the helper reports it and it is adopted.
+        procs.adopt("c1/e1", 4242, AdoptedStdio::default()).unwrap();
+        let exit = procs.wait("c1/e1").await.unwrap();
+        assert_eq!(exit.status, ExitStatus::Exited(3));
+        let event = exits.try_recv().unwrap();
+        assert_eq!((event.id.as_str(), event.pid), ("c1/e1", 4242));
+        // Used once: a later process with the same pid is not given that exit.
+        procs.adopt("c1/e2", 4242, AdoptedStdio::default()).unwrap();
+        assert!(procs.lock().running.contains_key(&4242));
+        procs.forget_prefix("c1/");
+        assert_eq!(procs.len(), 0);
+        assert!(procs.lock().running.is_empty());
+    }
+
+    #[test]
+    fn the_orphan_list_is_bounded() {
+        let procs = Processes::new(ReapScope::Tracked);
+        let mut table = procs.lock();
+        for pid in 0..(RECENT_ORPHANS as i32 + 10) {
+            table.route(10_000 + pid, exited(0));
+        }
+        assert_eq!(table.orphans.len(), RECENT_ORPHANS);
+        assert!(
+            table.take_orphan(10_000).is_none(),
+            "the oldest were dropped"
+        );
+        assert!(table
+            .take_orphan(10_000 + RECENT_ORPHANS as i32 + 9)
+            .is_some());
+    }
+
+    #[test]
+    fn adopting_refuses_bad_pids_and_duplicates() {
+        let procs = Processes::new(ReapScope::Tracked);
+        for pid in [0, 1, u32::MAX] {
+            assert!(matches!(
+                procs.adopt("x/", pid, AdoptedStdio::default()),
+                Err(ProcessError::Invalid(_))
+            ));
+        }
+        procs.adopt("x/", 5000, AdoptedStdio::default()).unwrap();
+        assert!(procs.adopt("x/", 5001, AdoptedStdio::default()).is_err());
+        assert!(procs.resize_tty("x/", 80, 24).is_err(), "no terminal");
     }
 }

@@ -13,9 +13,11 @@ use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 use tonic::transport::server::Connected;
 use tonic::transport::Server;
 
+use crate::container::Containers;
+use crate::mounts;
 use crate::processes::{self, Processes, ReapScope};
 use crate::service::{AgentService, LinuxGuest, POWER_OFF_DELAY};
-use crate::{error, info, supervisor};
+use crate::{error, info, supervisor, warn};
 
 /// Accepted connections queued before the accept loop waits.
 const ACCEPT_QUEUE: usize = 16;
@@ -97,16 +99,23 @@ pub async fn run_guest() -> Result<Shutdown, ServeError> {
     // The handlers exist now; signals that came while blocked are delivered.
     supervisor::unblock().map_err(ServeError::Unblock)?;
 
+    if let Err(e) = crate::network::loopback_up().await {
+        warn!("bringing lo up: {e}");
+    }
     let procs = Processes::new(ReapScope::All);
     procs.reap();
     tokio::spawn(processes::run_reaper(procs.clone(), sigchld));
 
     let (power_tx, mut power_rx) = mpsc::channel(1);
+    let containers = Containers::new(procs.clone());
+    tokio::spawn(containers.clone().run_events());
     let service = AgentService::new(
         procs.clone(),
         Arc::new(LinuxGuest {
             power_off: power_tx,
         }),
+        containers,
+        Arc::new(mounts::Linux),
     );
     let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, AGENT_PORT))
         .map_err(ServeError::Listen)?;

@@ -16,8 +16,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::container::{self, ContainerError, Containers};
 use crate::logger::{self, Level};
+use crate::mounts::Syscalls;
+use crate::network;
 use crate::processes::{ExitStatus, ProcessError, Processes, Spawn, Stdio3};
+use crate::storage::{StorageError, Storages};
 use crate::{debug, info, warn};
 
 /// Chunks buffered between a pipe and its gRPC stream: the pipe is read only
@@ -38,15 +42,69 @@ pub trait Guest: Send + Sync + 'static {
     fn request_power_off(&self);
 }
 
+/// Events buffered per GetEvents reader.
+const EVENT_STREAM_QUEUE: usize = 64;
+
 /// The agent API service.
 pub struct AgentService {
     procs: Arc<Processes>,
     guest: Arc<dyn Guest>,
+    containers: Arc<Containers>,
+    storages: Arc<Storages>,
+    sys: Arc<dyn Syscalls + Send + Sync>,
 }
 
 impl AgentService {
-    pub fn new(procs: Arc<Processes>, guest: Arc<dyn Guest>) -> Self {
-        AgentService { procs, guest }
+    pub fn new(
+        procs: Arc<Processes>,
+        guest: Arc<dyn Guest>,
+        containers: Arc<Containers>,
+        sys: Arc<dyn Syscalls + Send + Sync>,
+    ) -> Self {
+        AgentService {
+            procs,
+            guest,
+            containers,
+            storages: Arc::new(Storages::default()),
+            sys,
+        }
+    }
+}
+
+fn network_status(e: network::NetError) -> Status {
+    let message = crate::chain(&e);
+    match e {
+        network::NetError::Invalid(_) => Status::invalid_argument(message),
+        network::NetError::NoSuchNic(_) => Status::not_found(message),
+        _ => Status::internal(message),
+    }
+}
+
+fn container_status(e: ContainerError) -> Status {
+    let message = crate::chain(&e);
+    match e {
+        ContainerError::Spec(_) => Status::invalid_argument(message),
+        ContainerError::NotFound(_) => Status::not_found(message),
+        ContainerError::Exists(_) | ContainerError::ExecExists(_) => {
+            Status::already_exists(message)
+        }
+        ContainerError::TooMany => Status::resource_exhausted(message),
+        ContainerError::State { .. } => Status::failed_precondition(message),
+        ContainerError::Process(p) => status(p),
+        ContainerError::Io { .. } | ContainerError::Helper(_) | ContainerError::Cgroup(_) => {
+            Status::internal(message)
+        }
+    }
+}
+
+fn storage_status(e: StorageError) -> Status {
+    let message = crate::chain(&e);
+    match e {
+        StorageError::Invalid(_) => Status::invalid_argument(message),
+        StorageError::Exists(_) => Status::already_exists(message),
+        StorageError::NotFound(_) => Status::not_found(message),
+        StorageError::TooMany => Status::resource_exhausted(message),
+        StorageError::Mount { .. } | StorageError::Unmount { .. } => Status::internal(message),
     }
 }
 
@@ -66,19 +124,38 @@ fn status(e: ProcessError) -> Status {
     }
 }
 
-/// The exec id of a guest process reference; containers are not supported yet.
-fn guest_exec_id(process: Option<&pb::ProcessRef>) -> Result<String, Status> {
+/// The process table's key for a process reference: the exec id of a guest
+/// process, or the container's init or exec key.
+fn process_key(process: Option<&pb::ProcessRef>) -> Result<String, Status> {
     let process = process.ok_or_else(|| Status::invalid_argument("no process"))?;
-    if !process.container_id.is_empty() {
-        return Err(Status::unimplemented("container processes"));
+    if process.container_id.is_empty() {
+        if process.exec_id.is_empty() || process.exec_id.len() > MAX_ID_LEN {
+            return Err(Status::invalid_argument("exec_id length"));
+        }
+        if process.exec_id.contains('/') {
+            return Err(Status::invalid_argument("exec_id has a '/'"));
+        }
+        return Ok(process.exec_id.clone());
     }
-    if process.exec_id.is_empty() || process.exec_id.len() > MAX_ID_LEN {
-        return Err(Status::invalid_argument("exec_id length"));
+    let invalid = |e: container::spec::SpecError| Status::invalid_argument(e.to_string());
+    container::spec::check_id(&process.container_id).map_err(invalid)?;
+    if process.exec_id.is_empty() {
+        return Ok(container::init_key(&process.container_id));
     }
-    Ok(process.exec_id.clone())
+    container::spec::check_id(&process.exec_id).map_err(invalid)?;
+    Ok(container::exec_key(&process.container_id, &process.exec_id))
 }
 
-fn wait_response(status: ExitStatus, at: std::time::SystemTime) -> pb::WaitProcessResponse {
+/// A container id from a request.
+fn container_id(id: &str) -> Result<&str, Status> {
+    container::spec::check_id(id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(id)
+}
+
+pub(crate) fn wait_response(
+    status: ExitStatus,
+    at: std::time::SystemTime,
+) -> pb::WaitProcessResponse {
     use pb::wait_process_response::Status as S;
     pb::WaitProcessResponse {
         status: Some(match status {
@@ -124,6 +201,13 @@ async fn pump_output(
                 return;
             }
             Ok(_) => permit.send(Ok(pb::OutputChunk { data })),
+            // A terminal's master reads EIO once the last slave is closed:
+            // that is its end of file.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                drop(permit);
+                procs.finish(&id, which);
+                return;
+            }
             Err(e) => {
                 warn!("reading {which:?} of {id}: {e}");
                 procs.finish(&id, which);
@@ -156,7 +240,7 @@ impl AgentService {
         request: Request<pb::ProcessRef>,
         which: Stdio3,
     ) -> Result<Response<BoxStream<pb::OutputChunk>>, Status> {
-        let id = guest_exec_id(Some(request.get_ref()))?;
+        let id = process_key(Some(request.get_ref()))?;
         let pipe = self.procs.take_output(&id, which).map_err(status)?;
         let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
         tokio::spawn(pump_output(self.procs.clone(), id, which, pipe, tx));
@@ -244,9 +328,230 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::ProcessRef>,
     ) -> Result<Response<pb::WaitProcessResponse>, Status> {
-        let id = guest_exec_id(Some(request.get_ref()))?;
-        let exit = self.procs.wait(&id).await.map_err(status)?;
+        let process = request.into_inner();
+        let id = process_key(Some(&process))?;
+        let exit = match self.procs.wait(&id).await {
+            Ok(exit) => exit,
+            // A container's init is remembered by its container until removal.
+            Err(ProcessError::NotFound(_))
+                if !process.container_id.is_empty() && process.exec_id.is_empty() =>
+            {
+                self.containers
+                    .init_exit(&process.container_id)
+                    .await
+                    .ok_or_else(|| status(ProcessError::NotFound(id.clone())))?
+            }
+            Err(e) => return Err(status(e)),
+        };
         Ok(Response::new(wait_response(exit.status, exit.at)))
+    }
+
+    async fn resize_tty(
+        &self,
+        request: Request<pb::ResizeTtyRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        let id = process_key(r.process.as_ref())?;
+        let size =
+            |v: u32| u16::try_from(v).map_err(|_| Status::invalid_argument("size over 65535"));
+        self.procs
+            .resize_tty(&id, size(r.width)?, size(r.height)?)
+            .map_err(status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<pb::CreateContainerRequest>,
+    ) -> Result<Response<pb::CreateContainerResponse>, Status> {
+        let r = request.into_inner();
+        container_id(&r.container_id)?;
+        if !r.storages.is_empty() {
+            return Err(Status::unimplemented(
+                "per-container storages: use AddStorage before CreateContainer",
+            ));
+        }
+        let pid = self.containers.create(&r).await.map_err(container_status)?;
+        Ok(Response::new(pb::CreateContainerResponse { pid }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<pb::ContainerRef>,
+    ) -> Result<Response<pb::StartContainerResponse>, Status> {
+        let id = container_id(&request.get_ref().container_id)?;
+        let pid = self.containers.start(id).await.map_err(container_status)?;
+        Ok(Response::new(pb::StartContainerResponse { pid }))
+    }
+
+    async fn exec_process(
+        &self,
+        request: Request<pb::ExecProcessRequest>,
+    ) -> Result<Response<pb::ExecResponse>, Status> {
+        let r = request.into_inner();
+        container_id(&r.container_id)?;
+        let pid = self.containers.exec(&r).await.map_err(container_status)?;
+        Ok(Response::new(pb::ExecResponse {
+            exec_id: r.exec_id,
+            pid,
+        }))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<pb::RemoveContainerRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        let id = container_id(&r.container_id)?;
+        self.containers
+            .remove(id, r.force)
+            .await
+            .map_err(container_status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn stats_container(
+        &self,
+        request: Request<pb::ContainerRef>,
+    ) -> Result<Response<pb::ContainerStats>, Status> {
+        let id = container_id(&request.get_ref().container_id)?;
+        let stats = self.containers.stats(id).await.map_err(container_status)?;
+        Ok(Response::new(stats))
+    }
+
+    async fn update_container(
+        &self,
+        request: Request<pb::UpdateContainerRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        let id = container_id(&r.container_id)?;
+        self.containers
+            .update(id, &r.resources)
+            .await
+            .map_err(container_status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn pause_container(
+        &self,
+        request: Request<pb::ContainerRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let id = container_id(&request.get_ref().container_id)?;
+        self.containers
+            .set_paused(id, true)
+            .await
+            .map_err(container_status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn resume_container(
+        &self,
+        request: Request<pb::ContainerRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let id = container_id(&request.get_ref().container_id)?;
+        self.containers
+            .set_paused(id, false)
+            .await
+            .map_err(container_status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_processes(
+        &self,
+        request: Request<pb::ContainerRef>,
+    ) -> Result<Response<pb::ListProcessesResponse>, Status> {
+        let id = container_id(&request.get_ref().container_id)?;
+        let pids = self.containers.pids(id).await.map_err(container_status)?;
+        Ok(Response::new(pb::ListProcessesResponse { pids }))
+    }
+
+    async fn add_storage(
+        &self,
+        request: Request<pb::AddStorageRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let storage = request
+            .into_inner()
+            .storage
+            .ok_or_else(|| Status::invalid_argument("no storage"))?;
+        self.storages
+            .add(self.sys.as_ref(), &storage)
+            .map_err(storage_status)?;
+        info!(
+            "mounted {} {:?} on {}",
+            storage.fstype, storage.source, storage.mount_point
+        );
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn update_interface(
+        &self,
+        request: Request<pb::UpdateInterfaceRequest>,
+    ) -> Result<Response<pb::Interface>, Status> {
+        let wanted = request
+            .into_inner()
+            .interface
+            .ok_or_else(|| Status::invalid_argument("no interface"))?;
+        let done = network::update_interface(&wanted)
+            .await
+            .map_err(network_status)?;
+        info!(
+            "network: {} {} {:?} mtu {}",
+            done.name, done.mac, done.addresses, done.mtu
+        );
+        Ok(Response::new(done))
+    }
+
+    async fn update_routes(
+        &self,
+        request: Request<pb::UpdateRoutesRequest>,
+    ) -> Result<Response<pb::UpdateRoutesResponse>, Status> {
+        let routes = network::update_routes(&request.get_ref().routes)
+            .await
+            .map_err(network_status)?;
+        info!("network: {} routes", routes.len());
+        Ok(Response::new(pb::UpdateRoutesResponse { routes }))
+    }
+
+    async fn remove_storage(
+        &self,
+        request: Request<pb::RemoveStorageRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.storages
+            .remove(self.sys.as_ref(), &request.get_ref().id)
+            .map_err(storage_status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn get_events(
+        &self,
+        _: Request<pb::GetEventsRequest>,
+    ) -> Result<Response<BoxStream<pb::Event>>, Status> {
+        let mut events = self.containers.subscribe();
+        let (tx, rx) = mpsc::channel(EVENT_STREAM_QUEUE);
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = tx.closed() => return,
+                    e = events.recv() => e,
+                };
+                match event {
+                    Ok(e) => {
+                        if tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        // A reader that cannot keep up is told, not silently served gaps.
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!("{n} events lost"))))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn signal_process(
@@ -254,8 +559,15 @@ impl Agent for AgentService {
         request: Request<pb::SignalProcessRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
         let r = request.into_inner();
-        let id = guest_exec_id(r.process.as_ref())?;
-        self.procs.signal(&id, r.signal).map_err(status)?;
+        let id = process_key(r.process.as_ref())?;
+        match r.process.as_ref() {
+            Some(p) if r.all && !p.container_id.is_empty() && p.exec_id.is_empty() => self
+                .containers
+                .signal_all(&p.container_id, r.signal)
+                .await
+                .map_err(container_status)?,
+            _ => self.procs.signal(&id, r.signal).map_err(status)?,
+        }
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -263,7 +575,7 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::ProcessRef>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let id = guest_exec_id(Some(request.get_ref()))?;
+        let id = process_key(Some(request.get_ref()))?;
         self.procs.close_stdin(&id).map_err(status)?;
         Ok(Response::new(pb::Empty {}))
     }
@@ -276,7 +588,7 @@ impl Agent for AgentService {
         let Some(first) = stream.message().await? else {
             return Err(Status::invalid_argument("empty stream"));
         };
-        let id = guest_exec_id(first.process.as_ref())?;
+        let id = process_key(first.process.as_ref())?;
         let pipe = self.procs.take_stdin(&id).map_err(status)?;
         let mut lease = StdinLease {
             procs: self.procs.clone(),
@@ -292,7 +604,7 @@ impl Agent for AgentService {
             if chunk
                 .process
                 .as_ref()
-                .is_some_and(|p| p.exec_id != id || !p.container_id.is_empty())
+                .is_some_and(|p| process_key(Some(p)).ok().as_deref() != Some(id.as_str()))
             {
                 return Err(Status::invalid_argument("chunk names another process"));
             }

@@ -105,7 +105,17 @@ async fn start() -> Harness {
     let sigchld = signal(SignalKind::child()).expect("SIGCHLD handler");
     tokio::spawn(processes::run_reaper(procs.clone(), sigchld));
     let guest = Arc::new(FakeGuest::default());
-    let service = AgentService::new(procs.clone(), guest.clone());
+    let containers = crate::container::Containers::with_paths(
+        procs.clone(),
+        dir.join("bundles"),
+        dir.join("state"),
+    );
+    let service = AgentService::new(
+        procs.clone(),
+        guest.clone(),
+        containers,
+        Arc::new(crate::mounts::Linux),
+    );
     tokio::spawn(crate::server::serve(service, rx));
     Harness {
         dir,
@@ -126,9 +136,12 @@ impl Harness {
     }
 
     async fn client(&self) -> AgentClient {
+        // The test's deadline, not the client's 5 s default: a loaded machine
+        // (CI on 2 cores) must not fail a call that is only slow.
         AgentClient::connect_when_ready(&self.dir, T)
             .await
             .expect("connect")
+            .with_timeout(T)
     }
 }
 
@@ -432,6 +445,11 @@ async fn bad_requests_get_meaningful_codes() {
     let status = raw
         .create_container(pb::CreateContainerRequest::default())
         .await
+        .expect_err("no id");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = raw
+        .create_sandbox(pb::CreateSandboxRequest::default())
+        .await
         .expect_err("not yet");
     assert_eq!(status.code(), Code::Unimplemented);
 
@@ -460,7 +478,15 @@ async fn bad_requests_get_meaningful_codes() {
     };
     assert_eq!(
         code(c.wait_process(&in_container).await),
-        Some(Code::Unimplemented)
+        Some(Code::NotFound)
+    );
+    let bad_container = pb::ProcessRef {
+        container_id: "../c1".into(),
+        exec_id: String::new(),
+    };
+    assert_eq!(
+        code(c.wait_process(&bad_container).await),
+        Some(Code::InvalidArgument)
     );
     // Nothing leaked from the refused requests.
     eventually(|| h.procs.len() == 0).await;

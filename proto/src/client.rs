@@ -29,6 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request, Response, Status, Streaming};
 
+pub use crate::client_containers::{EventStream, LIFECYCLE_TIMEOUT};
 use crate::handshake::{handshake, HandshakeError};
 use crate::pb;
 use crate::{AGENT_PORT, MAX_CHUNK_SIZE, MAX_ID_LEN, MAX_LOG_MESSAGE, MAX_MESSAGE_SIZE};
@@ -107,7 +108,7 @@ impl ClientError {
         }
     }
 
-    fn status(method: &'static str, status: Status) -> Self {
+    pub(crate) fn status(method: &'static str, status: Status) -> Self {
         ClientError::Status {
             method,
             code: status.code(),
@@ -115,7 +116,7 @@ impl ClientError {
         }
     }
 
-    fn invalid(method: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(method: &'static str, reason: impl Into<String>) -> Self {
         ClientError::InvalidReply {
             method,
             reason: reason.into(),
@@ -220,8 +221,8 @@ async fn channel(socket: PathBuf, port: u32, first: UnixStream) -> Result<Channe
 /// The agent API client. Cheap to clone; calls may run concurrently.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
-    inner: pb::agent_client::AgentClient<Channel>,
-    timeout: Duration,
+    pub(crate) inner: pb::agent_client::AgentClient<Channel>,
+    pub(crate) timeout: Duration,
 }
 
 impl AgentClient {
@@ -303,7 +304,7 @@ impl AgentClient {
         self.inner.clone()
     }
 
-    fn request<T>(&self, message: T, timeout: Option<Duration>) -> Request<T> {
+    pub(crate) fn request<T>(&self, message: T, timeout: Option<Duration>) -> Request<T> {
         let mut request = Request::new(message);
         if let Some(t) = timeout {
             request.set_timeout(t);
@@ -311,7 +312,7 @@ impl AgentClient {
         request
     }
 
-    async fn call<T, F>(
+    pub(crate) async fn call<T, F>(
         method: &'static str,
         timeout: Option<Duration>,
         call: F,
@@ -457,6 +458,7 @@ impl AgentClient {
         let request = pb::SignalProcessRequest {
             process: Some(process.clone()),
             signal,
+            all: false,
         };
         let mut c = self.inner.clone();
         let t = Some(self.timeout);
@@ -563,7 +565,7 @@ impl AgentClient {
     }
 }
 
-fn check_id(method: &'static str, id: &str) -> Result<(), ClientError> {
+pub(crate) fn check_id(method: &'static str, id: &str) -> Result<(), ClientError> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(ClientError::invalid(method, "id length"));
     }

@@ -14,6 +14,10 @@ pub mod pb {
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "client")]
+mod client_containers;
+#[cfg(feature = "client")]
+mod client_network;
+#[cfg(feature = "client")]
 pub mod handshake;
 
 /// The AF_VSOCK port the agent listens on.

@@ -36,6 +36,8 @@ fn shared(test: &str) -> Option<&'static SharedRun> {
             .file(&a.initramfs, "initramfs.cpio")
             .file(&elf, "triple-fault.elf")
             .timeout(Duration::from_secs(600))
+            // The "triple" section's guest faults on purpose.
+            .guest_faults_expected()
     });
     let _ = std::fs::remove_dir_all(&dir);
     run

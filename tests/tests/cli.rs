@@ -91,6 +91,117 @@ fn no_kvm_device() {
     );
 }
 
+const K: [&str; 2] = ["--kernel", "/proc/self/exe"];
+const MAC: [&str; 2] = ["--net-mac", "02:00:00:00:00:01"];
+
+fn with<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
+    parts.concat()
+}
+
+#[test]
+fn net_options_without_a_tap() {
+    assert_one_error_line(
+        &with(&[&K, &MAC]),
+        "--net-mac and --net-mtu need --net-tap or --net-tap-fd",
+    );
+    assert_one_error_line(
+        &with(&[&K, &["--net-mtu", "1500"]]),
+        "--net-mac and --net-mtu need --net-tap or --net-tap-fd",
+    );
+}
+
+#[test]
+fn net_tap_without_a_mac() {
+    assert_one_error_line(
+        &with(&[&K, &["--net-tap", "tap0"]]),
+        "--net-mac is required with --net-tap or --net-tap-fd",
+    );
+}
+
+#[test]
+fn net_two_taps() {
+    assert_one_error_line(
+        &with(&[&K, &MAC, &["--net-tap", "tap0", "--net-tap-fd", "3"]]),
+        "--net-tap and --net-tap-fd are mutually exclusive",
+    );
+}
+
+#[test]
+fn net_bad_macs() {
+    for mac in [
+        "zz",
+        "02:00:00:00:00",
+        "01:00:5e:00:00:01",
+        "00:00:00:00:00:00",
+    ] {
+        assert_one_error_line(
+            &with(&[&K, &["--net-tap", "tap0", "--net-mac", mac]]),
+            &format!(
+                "--net-mac must be a unicast MAC address like 02:00:00:00:00:01, got \"{mac}\""
+            ),
+        );
+    }
+}
+
+#[test]
+fn net_mtu_out_of_range() {
+    for mtu in ["67", "65536"] {
+        assert_one_error_line(
+            &with(&[&K, &MAC, &["--net-tap", "tap0", "--net-mtu", mtu]]),
+            &format!("--net-mtu must be between 68 and 65535, got {mtu}"),
+        );
+    }
+}
+
+#[test]
+fn net_bad_tap_name() {
+    for name in ["a/b", "0123456789abcdef", "has space"] {
+        assert_one_error_line(
+            &with(&[&K, &MAC, &["--net-tap", name]]),
+            &format!("--net-tap must be an interface name of 1 to 15 characters without '/', ':' or spaces, got \"{name}\""),
+        );
+    }
+}
+
+#[test]
+fn net_tap_fd_stdio_or_closed() {
+    assert_one_error_line(
+        &with(&[&K, &MAC, &["--net-tap-fd", "2"]]),
+        "--net-tap-fd must be 3 or more (0, 1 and 2 are stdio), got 2",
+    );
+    assert_one_error_line(
+        &with(&[&K, &MAC, &["--net-tap-fd", "987654"]]),
+        "--net-tap-fd 987654 is not an open file descriptor",
+    );
+}
+
+/// An inherited descriptor that is not a tap is refused before KVM is touched.
+#[test]
+fn net_tap_fd_not_a_tap() {
+    let bin = common::bin_dir().join("husk-vmm");
+    // sh opens /dev/null as descriptor 3 and execs husk-vmm with it.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec "$0" "$@" 3</dev/null"#)
+        .arg(&bin)
+        .args(with(&[
+            &K,
+            &MAC,
+            &["--net-tap-fd", "3", "--kvm-device", "/nonexistent/kvm"],
+        ]))
+        .output()
+        .expect("run husk-vmm through sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "husk-vmm: error: virtio-net device: file descriptor 3 is not an attached tap: "
+        ),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn not_a_vmlinux() {
     // Only meaningful where /dev/kvm opens; elsewhere the KVM error comes first.

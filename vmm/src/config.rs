@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use crate::arch::x86_64::mptable::MAX_VCPUS;
+use crate::devices::virtio::fs::{validate_tag, MAX_MAX_FDS, MIN_MAX_FDS, TAG_LEN};
+use crate::devices::virtio::net::{validate_tap_name, MacAddr, MAX_MTU, MIN_MTU};
 use crate::devices::virtio::vsock::MIN_GUEST_CID;
 
 /// Least guest memory husk boots with: vmlinux is linked at 16 MiB and takes ~30 MiB.
@@ -49,6 +51,91 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// The VM's virtio-fs device: one host directory exported under a tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsConfig {
+    /// The exported directory (the sandbox's `shared/`).
+    pub shared_dir: PathBuf,
+    /// The tag the guest mounts it by (`mount -t virtiofs <tag> <dir>`).
+    pub tag: String,
+    /// The most host descriptors the file system holds for the guest; `RLIMIT_NOFILE` is set
+    /// to this plus the VMM's own reserve.
+    pub max_fds: u32,
+}
+
+/// Where the virtio-net device's tap comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// A descriptor inherited from the parent, attached to a tap opened with
+    /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (the shim opens it in the Pod's network namespace).
+    Fd(i32),
+    /// A tap the VMM attaches to (or creates) by name in its own network namespace.
+    Name(String),
+}
+
+/// The VM's virtio-net device: a tap and the guest NIC's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap.
+    pub tap: TapSource,
+    /// The guest NIC's MAC address (unicast).
+    pub mac: MacAddr,
+    /// The MTU the guest is told (68 to 65535); without it the guest assumes 1500 and the
+    /// device offers no VIRTIO_NET_F_MTU.
+    pub mtu: Option<u32>,
+}
+
+impl NetConfig {
+    /// The device the command line's `--net-tap-fd`, `--net-tap`, `--net-mac` and `--net-mtu`
+    /// describe, if any: exactly one tap source, and a MAC address with it.
+    pub fn from_options(
+        tap_fd: Option<i32>,
+        tap_name: Option<String>,
+        mac: Option<&str>,
+        mtu: Option<u32>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let tap = match (tap_fd, tap_name) {
+            (Some(_), Some(_)) => return Err(ConfigError::NetTapTwice),
+            (Some(fd), None) => TapSource::Fd(fd),
+            (None, Some(name)) => TapSource::Name(name),
+            (None, None) if mac.is_some() || mtu.is_some() => {
+                return Err(ConfigError::NetWithoutTap)
+            }
+            (None, None) => return Ok(None),
+        };
+        let mac = mac.ok_or(ConfigError::NetMacMissing)?;
+        let mac = mac
+            .parse()
+            .map_err(|_| ConfigError::NetMac(mac.to_string()))?;
+        Ok(Some(Self { tap, mac, mtu }))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match &self.tap {
+            TapSource::Fd(fd) if *fd < 3 => return Err(ConfigError::NetTapFdStdio(*fd)),
+            TapSource::Fd(fd) => {
+                // SAFETY: F_GETFD only reads the descriptor's flags; it touches no memory and
+                // fails harmlessly on a number that is not open.
+                if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+                    return Err(ConfigError::NetTapFdClosed(*fd));
+                }
+            }
+            TapSource::Name(name) => {
+                if validate_tap_name(name).is_err() {
+                    return Err(ConfigError::NetTapName(name.clone()));
+                }
+            }
+        }
+        if !self.mac.is_unicast() {
+            return Err(ConfigError::NetMac(self.mac.to_string()));
+        }
+        match self.mtu {
+            Some(mtu) if !(MIN_MTU..=MAX_MTU).contains(&mtu) => Err(ConfigError::NetMtu(mtu)),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Everything needed to build and boot one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -70,6 +157,10 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// The vsock device, if any.
     pub vsock: Option<VsockConfig>,
+    /// The virtio-fs device, if any.
+    pub fs: Option<FsConfig>,
+    /// The virtio-net device, if any.
+    pub net: Option<NetConfig>,
 }
 
 impl VmConfig {
@@ -85,6 +176,8 @@ impl VmConfig {
             init_args: Vec::new(),
             kvm_device: DEFAULT_KVM_DEVICE.into(),
             vsock: None,
+            fs: None,
+            net: None,
         }
     }
 
@@ -124,6 +217,27 @@ impl VmConfig {
                 return Err(ConfigError::VsockDir(vsock.uds_path.clone()));
             }
         }
+        if let Some(fs) = &self.fs {
+            fs.validate()?;
+        }
+        if let Some(net) = &self.net {
+            net.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl FsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.shared_dir.is_dir() {
+            return Err(ConfigError::FsShare(self.shared_dir.clone()));
+        }
+        if validate_tag(&self.tag).is_err() {
+            return Err(ConfigError::FsTag(self.tag.clone()));
+        }
+        if !(MIN_MAX_FDS..=MAX_MAX_FDS).contains(&self.max_fds) {
+            return Err(ConfigError::FsMaxFds(self.max_fds));
+        }
         Ok(())
     }
 }
@@ -152,6 +266,44 @@ pub enum ConfigError {
     /// The vsock socket's directory does not exist.
     #[error("the directory of the vsock socket {0:?} does not exist")]
     VsockDir(PathBuf),
+    /// The virtio-fs share is not a directory.
+    #[error("virtio-fs share {0:?} does not exist or is not a directory")]
+    FsShare(PathBuf),
+    /// The virtio-fs tag is unusable.
+    #[error(
+        "virtio-fs tag must be 1 to {TAG_LEN} printable ASCII characters without spaces, got {0:?}"
+    )]
+    FsTag(String),
+    /// The virtio-fs descriptor budget is out of range.
+    #[error("virtio-fs descriptor limit must be between {MIN_MAX_FDS} and {MAX_MAX_FDS}, got {0}")]
+    FsMaxFds(u32),
+    /// Both tap sources were given.
+    #[error("--net-tap and --net-tap-fd are mutually exclusive")]
+    NetTapTwice,
+    /// Network options without a tap.
+    #[error("--net-mac and --net-mtu need --net-tap or --net-tap-fd")]
+    NetWithoutTap,
+    /// A tap without a MAC address.
+    #[error("--net-mac is required with --net-tap or --net-tap-fd")]
+    NetMacMissing,
+    /// The MAC address is malformed or not unicast.
+    #[error("--net-mac must be a unicast MAC address like 02:00:00:00:00:01, got {0:?}")]
+    NetMac(String),
+    /// The MTU is out of range.
+    #[error("--net-mtu must be between {MIN_MTU} and {MAX_MTU}, got {0}")]
+    NetMtu(u32),
+    /// The tap name cannot be an interface name.
+    #[error(
+        "--net-tap must be an interface name of 1 to 15 characters without '/', ':' or spaces, \
+         got {0:?}"
+    )]
+    NetTapName(String),
+    /// The tap descriptor is one of stdin, stdout, stderr.
+    #[error("--net-tap-fd must be 3 or more (0, 1 and 2 are stdio), got {0}")]
+    NetTapFdStdio(i32),
+    /// The tap descriptor is not open.
+    #[error("--net-tap-fd {0} is not an open file descriptor")]
+    NetTapFdClosed(i32),
     /// Unknown console destination.
     #[error("console must be stdout, none or file:PATH, got {0:?}")]
     Console(String),
@@ -239,6 +391,136 @@ mod tests {
             with(3, "/nonexistent/dir/v.sock").validate(),
             Err(ConfigError::VsockDir("/nonexistent/dir/v.sock".into()))
         );
+    }
+
+    #[test]
+    fn fs_bounds() {
+        let with = |dir: &str, tag: &str, max_fds| VmConfig {
+            fs: Some(FsConfig {
+                shared_dir: dir.into(),
+                tag: tag.into(),
+                max_fds,
+            }),
+            ..valid()
+        };
+        assert_eq!(with("/tmp", "husk", 64).validate(), Ok(()));
+        assert_eq!(
+            with("/", &"t".repeat(TAG_LEN), MAX_MAX_FDS).validate(),
+            Ok(())
+        );
+        assert_eq!(
+            with("/nonexistent/share", "husk", 64).validate(),
+            Err(ConfigError::FsShare("/nonexistent/share".into()))
+        );
+        assert_eq!(
+            with("/proc/self/exe", "husk", 64).validate(),
+            Err(ConfigError::FsShare("/proc/self/exe".into()))
+        );
+        for tag in [
+            "",
+            "has space",
+            "tab\t",
+            "\u{e9}t\u{e9}",
+            &"t".repeat(TAG_LEN + 1),
+        ] {
+            assert_eq!(
+                with("/tmp", tag, 64).validate(),
+                Err(ConfigError::FsTag(tag.into())),
+                "{tag:?}"
+            );
+        }
+        assert_eq!(
+            with("/tmp", "husk", MIN_MAX_FDS - 1).validate(),
+            Err(ConfigError::FsMaxFds(MIN_MAX_FDS - 1))
+        );
+        assert_eq!(
+            with("/tmp", "husk", MAX_MAX_FDS + 1).validate(),
+            Err(ConfigError::FsMaxFds(MAX_MAX_FDS + 1))
+        );
+    }
+
+    #[test]
+    fn net_options() {
+        let mac = Some("02:00:00:00:00:01");
+        let from = NetConfig::from_options;
+        assert_eq!(from(None, None, None, None), Ok(None));
+        assert_eq!(
+            from(Some(3), Some("tap0".into()), mac, None),
+            Err(ConfigError::NetTapTwice)
+        );
+        assert_eq!(from(None, None, mac, None), Err(ConfigError::NetWithoutTap));
+        assert_eq!(
+            from(None, None, None, Some(1500)),
+            Err(ConfigError::NetWithoutTap)
+        );
+        assert_eq!(
+            from(None, Some("tap0".into()), None, None),
+            Err(ConfigError::NetMacMissing)
+        );
+        assert_eq!(
+            from(Some(3), None, Some("02:00:00:00:00"), None),
+            Err(ConfigError::NetMac("02:00:00:00:00".into()))
+        );
+        assert_eq!(
+            from(None, Some("tap0".into()), mac, Some(1400)),
+            Ok(Some(NetConfig {
+                tap: TapSource::Name("tap0".into()),
+                mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                mtu: Some(1400),
+            }))
+        );
+    }
+
+    #[test]
+    fn net_bounds() {
+        let with = |tap: TapSource, mac: &str, mtu| VmConfig {
+            net: Some(NetConfig {
+                tap,
+                mac: mac.parse().unwrap(),
+                mtu,
+            }),
+            ..valid()
+        };
+        let name = |n: &str| TapSource::Name(n.into());
+        let unicast = "02:00:00:00:00:01";
+        assert_eq!(with(name("tap0"), unicast, None).validate(), Ok(()));
+        assert_eq!(with(name("tap0"), unicast, Some(68)).validate(), Ok(()));
+        assert_eq!(with(name("tap0"), unicast, Some(65535)).validate(), Ok(()));
+        for mtu in [0, 67, 65536] {
+            assert_eq!(
+                with(name("tap0"), unicast, Some(mtu)).validate(),
+                Err(ConfigError::NetMtu(mtu))
+            );
+        }
+        for mac in [
+            "01:00:5e:00:00:01",
+            "ff:ff:ff:ff:ff:ff",
+            "00:00:00:00:00:00",
+        ] {
+            assert_eq!(
+                with(name("tap0"), mac, None).validate(),
+                Err(ConfigError::NetMac(mac.into()))
+            );
+        }
+        for bad in ["", "a/b", "x:1", "with space", "0123456789abcdef"] {
+            assert_eq!(
+                with(name(bad), unicast, None).validate(),
+                Err(ConfigError::NetTapName(bad.into()))
+            );
+        }
+        for fd in [-1, 0, 2] {
+            assert_eq!(
+                with(TapSource::Fd(fd), unicast, None).validate(),
+                Err(ConfigError::NetTapFdStdio(fd))
+            );
+        }
+        assert_eq!(
+            with(TapSource::Fd(1_000_000), unicast, None).validate(),
+            Err(ConfigError::NetTapFdClosed(1_000_000))
+        );
+        let open = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&open);
+        assert_eq!(with(TapSource::Fd(fd), unicast, None).validate(), Ok(()));
     }
 
     #[test]

@@ -220,6 +220,33 @@ impl Vcpu {
         tracing::debug!(vcpu = self.id, "vCPU stopped");
     }
 
+    /// Logs where the vCPU was when it triple-faulted: the guest printed nothing, so this is
+    /// the only evidence left for a post-mortem.
+    fn log_fault_state(&self) {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => tracing::error!(
+                vcpu = self.id,
+                rip = format_args!("{:#x}", r.rip),
+                rsp = format_args!("{:#x}", r.rsp),
+                rflags = format_args!("{:#x}", r.rflags),
+                cr0 = format_args!("{:#x}", s.cr0),
+                cr2 = format_args!("{:#x}", s.cr2),
+                cr3 = format_args!("{:#x}", s.cr3),
+                cr4 = format_args!("{:#x}", s.cr4),
+                efer = format_args!("{:#x}", s.efer),
+                cs = format_args!("{:#x}", s.cs.selector),
+                idt = format_args!("{:#x}/{:#x}", s.idt.base, s.idt.limit),
+                "vCPU triple-faulted"
+            ),
+            (regs, sregs) => tracing::error!(
+                vcpu = self.id,
+                regs_ok = regs.is_ok(),
+                sregs_ok = sregs.is_ok(),
+                "vCPU triple-faulted; its registers could not be read"
+            ),
+        }
+    }
+
     /// One KVM_RUN and the handling of its exit.
     fn run_once(&mut self) -> Step {
         if self.exit.is_requested() {
@@ -243,7 +270,10 @@ impl Vcpu {
                 self.mmio.read(addr, data);
                 Step::Continue
             }
-            Ok(VcpuExit::Shutdown) => Step::Stop(Some(VmExit::TripleFault { vcpu })),
+            Ok(VcpuExit::Shutdown) => {
+                self.log_fault_state();
+                Step::Stop(Some(VmExit::TripleFault { vcpu }))
+            }
             Ok(VcpuExit::FailEntry(reason, _)) => {
                 Step::Stop(Some(VmExit::FailEntry { vcpu, reason }))
             }

@@ -13,15 +13,18 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::{boot, cpuid, layout, mptable, regs as cpu_regs};
 use crate::cmdline::{Cmdline, CmdlineError};
-use crate::config::{ConsoleOutput, VmConfig, VsockConfig};
+use crate::config::{ConsoleOutput, FsConfig, NetConfig, TapSource, VmConfig, VsockConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{
     PowerRegister, SerialConsole, I8042, I8042_PORT, I8042_PORT_LEN, POWER_PORT, SERIAL_PORT,
     SERIAL_PORT_LEN,
 };
 use crate::devices::slots::{SlotAllocator, SlotError};
+use crate::devices::virtio::fs::{apply_fd_limit, Fs, FsError};
 use crate::devices::virtio::mmio::{regs, MmioError, MmioTransport};
+use crate::devices::virtio::net::{Net, NetError, Tap};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::devices::virtio::SharedVirtioDevice;
 use crate::exit::{ExitNotifier, VmExit};
 use crate::signals::StopSignals;
 use crate::vcpu::{Vcpu, VcpuError};
@@ -63,6 +66,16 @@ pub enum VmError {
         /// Cause.
         source: kvm_ioctls::Error,
     },
+    /// Wiring a virtio device to KVM failed.
+    #[error("{what} ({device}): {source}")]
+    DeviceKvm {
+        /// Which device.
+        device: &'static str,
+        /// Which operation.
+        what: &'static str,
+        /// Cause.
+        source: kvm_ioctls::Error,
+    },
     /// Guest memory could not be allocated.
     #[error("allocating guest memory: {0}")]
     Memory(#[from] vm_memory::mmap::FromRangesError),
@@ -93,6 +106,12 @@ pub enum VmError {
     /// The vsock device could not be created.
     #[error("vsock device: {0}")]
     Vsock(#[from] VsockError),
+    /// The virtio-fs device could not be created.
+    #[error("virtio-fs device: {0}")]
+    Fs(#[from] FsError),
+    /// The virtio-net device or its tap could not be set up.
+    #[error("virtio-net device")]
+    Net(#[from] NetError),
     /// A vCPU could not be set up.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -220,32 +239,89 @@ fn legacy_devices(
     Ok((Arc::new(pio), serial))
 }
 
-/// Creates the vsock device in the next slot: MMIO window, irqfd, ioeventfds for the queue
-/// notifications, and the kernel command line entry.
-fn attach_vsock(
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    config: &VsockConfig,
-    slots: &mut SlotAllocator,
-    mmio: &mut Bus,
-    cmdline: &mut Cmdline,
-) -> Result<Arc<Mutex<Vsock>>, VmError> {
-    let slot = slots.allocate()?;
-    let device = Arc::new(Mutex::new(Vsock::new(
-        config.guest_cid,
-        config.uds_path.clone(),
-    )?));
-    let transport = MmioTransport::new(mem.clone(), device.clone())?;
-    vm.register_irqfd(transport.interrupt().eventfd(), slot.irq)
-        .map_err(kvm_err("KVM_IRQFD (vsock)"))?;
-    let notify = IoEventAddress::Mmio(slot.base + regs::QUEUE_NOTIFY);
-    for (queue, evt) in transport.queue_evts().enumerate() {
-        vm.register_ioevent(evt, &notify, queue as u32)
-            .map_err(kvm_err("KVM_IOEVENTFD (vsock)"))?;
+/// Where devices go: the MMIO bus, its slots, and the command line that announces them.
+struct MmioDevices<'a> {
+    vm: &'a VmFd,
+    mem: &'a GuestMemoryMmap,
+    slots: SlotAllocator,
+    bus: Bus,
+    cmdline: &'a mut Cmdline,
+}
+
+impl MmioDevices<'_> {
+    /// Puts `device` in the next slot: MMIO window, irqfd, ioeventfds for the queue
+    /// notifications, and the kernel command line entry.
+    fn attach(&mut self, device: SharedVirtioDevice, name: &'static str) -> Result<(), VmError> {
+        let kvm = |what| {
+            move |source| VmError::DeviceKvm {
+                device: name,
+                what,
+                source,
+            }
+        };
+        let slot = self.slots.allocate()?;
+        let transport = MmioTransport::new(self.mem.clone(), device)?;
+        self.vm
+            .register_irqfd(transport.interrupt().eventfd(), slot.irq)
+            .map_err(kvm("KVM_IRQFD"))?;
+        let notify = IoEventAddress::Mmio(slot.base + regs::QUEUE_NOTIFY);
+        for (queue, evt) in transport.queue_evts().enumerate() {
+            self.vm
+                .register_ioevent(evt, &notify, queue as u32)
+                .map_err(kvm("KVM_IOEVENTFD"))?;
+        }
+        self.bus
+            .insert(Arc::new(Mutex::new(transport)), slot.base, slot.size)?;
+        self.cmdline
+            .virtio_mmio_device(slot.base, slot.size, slot.irq);
+        Ok(())
     }
-    mmio.insert(Arc::new(Mutex::new(transport)), slot.base, slot.size)?;
-    cmdline.virtio_mmio_device(slot.base, slot.size, slot.irq);
-    Ok(device)
+
+    fn vsock(&mut self, config: &VsockConfig) -> Result<Arc<Mutex<Vsock>>, VmError> {
+        let device = Arc::new(Mutex::new(Vsock::new(
+            config.guest_cid,
+            config.uds_path.clone(),
+        )?));
+        self.attach(device.clone(), "vsock")?;
+        Ok(device)
+    }
+
+    /// The virtio-fs device, after bounding the process's descriptors to its budget.
+    fn fs(&mut self, config: &FsConfig) -> Result<Arc<Mutex<Fs>>, VmError> {
+        let limit = apply_fd_limit(config.max_fds)?;
+        let device = Arc::new(Mutex::new(Fs::new(
+            &config.shared_dir,
+            &config.tag,
+            config.max_fds,
+        )?));
+        self.attach(device.clone(), "virtio-fs")?;
+        tracing::info!(share = ?config.shared_dir, tag = %config.tag, limit, "virtio-fs device");
+        Ok(device)
+    }
+
+    fn net(&mut self, config: &NetConfig, tap: Tap) -> Result<Arc<Mutex<Net>>, VmError> {
+        let name = tap.name().to_string();
+        let device = Arc::new(Mutex::new(Net::new(
+            Box::new(tap),
+            &name,
+            config.mac,
+            config.mtu,
+        )?));
+        self.attach(device.clone(), "virtio-net")?;
+        tracing::info!(tap = %name, mac = %config.mac, mtu = ?config.mtu, "virtio-net device");
+        Ok(device)
+    }
+}
+
+/// Opens the virtio-net device's tap: by name, or by adopting the inherited descriptor.
+fn open_tap(config: &NetConfig) -> Result<Tap, VmError> {
+    Ok(match &config.tap {
+        TapSource::Name(name) => Tap::open(name)?,
+        // SAFETY: `VmConfig::validate` checked that the descriptor (3 or more) was open before
+        // the VMM opened anything, so it is the one the parent passed down for the tap; the
+        // VMM keeps no other handle to it, and this is the only place that adopts it.
+        TapSource::Fd(fd) => unsafe { Tap::from_inherited_fd(*fd) }?,
+    })
 }
 
 /// Wakes the event loop when the VM is asked to end.
@@ -301,6 +377,8 @@ pub struct Vm {
     serial: Arc<Mutex<SerialConsole>>,
     pio: Arc<Bus>,
     vsock: Option<Arc<Mutex<Vsock>>>,
+    fs: Option<Arc<Mutex<Fs>>>,
+    net: Option<Arc<Mutex<Net>>>,
     exit: ExitNotifier,
     /// The kernel command line given to the guest.
     pub cmdline: String,
@@ -309,6 +387,8 @@ pub struct Vm {
 impl Vm {
     /// Builds the VM: KVM, memory, irqchip, boot images, devices and configured vCPUs.
     pub fn build(config: &VmConfig) -> Result<Self, VmError> {
+        // First, so that a tap that cannot be used is reported whatever the state of KVM.
+        let tap = config.net.as_ref().map(open_tap).transpose()?;
         let kvm = open_kvm(config)?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
@@ -336,20 +416,24 @@ impl Vm {
         let (pio, serial) = legacy_devices(&vm, config, &exit)?;
 
         let mut cmdline = Cmdline::with_defaults();
-        let mut mmio = Bus::new();
-        let mut slots = SlotAllocator::default();
-        let vsock = match &config.vsock {
-            Some(vsock_config) => Some(attach_vsock(
-                &vm,
-                &mem,
-                vsock_config,
-                &mut slots,
-                &mut mmio,
-                &mut cmdline,
-            )?),
-            None => None,
+        let mut devices = MmioDevices {
+            vm: &vm,
+            mem: &mem,
+            slots: SlotAllocator::default(),
+            bus: Bus::new(),
+            cmdline: &mut cmdline,
         };
-        let mmio = Arc::new(mmio);
+        let vsock = config
+            .vsock
+            .as_ref()
+            .map(|c| devices.vsock(c))
+            .transpose()?;
+        let fs = config.fs.as_ref().map(|c| devices.fs(c)).transpose()?;
+        let net = match (config.net.as_ref(), tap) {
+            (Some(c), Some(tap)) => Some(devices.net(c, tap)?),
+            _ => None,
+        };
+        let mmio = Arc::new(devices.bus);
         for param in &config.kernel_params {
             cmdline.param(param)?;
         }
@@ -377,6 +461,8 @@ impl Vm {
             serial,
             pio,
             vsock,
+            fs,
+            net,
             exit,
             cmdline,
         })
@@ -404,6 +490,9 @@ impl Vm {
         if let Some(vsock) = &self.vsock {
             events.add_subscriber(vsock.clone());
         }
+        if let Some(net) = &self.net {
+            events.add_subscriber(net.clone());
+        }
         for vcpu in self.vcpus.drain(..) {
             vcpu.start()?;
         }
@@ -425,6 +514,23 @@ impl Vm {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let _ = std::fs::remove_file(vsock.uds_path());
             tracing::info!(counters = ?vsock.counters().snapshot(), "vsock device");
+        }
+        if let Some(fs) = &self.fs {
+            let fs = fs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            tracing::info!(
+                counters = ?fs.counters().snapshot(),
+                fds_in_use = fs.fds_in_use(),
+                "virtio-fs device"
+            );
+        }
+        if let Some(net) = &self.net {
+            let net = net.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            tracing::info!(
+                counters = ?net.counters().snapshot(),
+                tap = net.name(),
+                link_up = net.link_up(),
+                "virtio-net device"
+            );
         }
         let unhandled = self.pio.unhandled_accesses();
         if unhandled > 0 {

@@ -116,7 +116,8 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn find_static_busybox() -> Result<PathBuf, String> {
+/// A statically linked busybox on this machine (`HUSK_BUSYBOX` or the usual paths).
+pub fn find_static_busybox() -> Result<PathBuf, String> {
     let candidates: Vec<PathBuf> = match std::env::var_os("HUSK_BUSYBOX") {
         Some(b) => vec![b.into()],
         None => vec!["/bin/busybox".into(), "/usr/bin/busybox".into()],

@@ -29,7 +29,7 @@ const HOST_ROOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overla
 /// Without a heartbeat for this long, L2 is taken to have wedged (nested KVM under TCG can
 /// lock L2 up entirely; a slow job still lets the heartbeat through).
 const WEDGED_AFTER: Duration = Duration::from_secs(60);
-/// How a wedged L2 is reported; `run_on` retries such a job once.
+/// How a wedged L2 is reported; `run_on` retries such a job.
 pub const L2_WEDGED: &str = "the L2 test host stopped responding";
 /// L2's kernel command line. Console output is slow under emulation: keep it quiet.
 const CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init";
@@ -89,11 +89,16 @@ pub fn run(
             if at.elapsed() > POWEROFF_GRACE {
                 break; // We have the result; L2 just did not power off.
             }
-        } else if st.alive.is_some_and(|t| t.elapsed() > WEDGED_AFTER) {
+        } else if st.alive.is_some_and(|t| t.elapsed() > WEDGED_AFTER) || st.soft_lockup {
             qemu.kill();
             follow(&mut job_reader, &mut output, out)?;
+            let why = if st.soft_lockup {
+                "its kernel reported a soft lockup".to_owned()
+            } else {
+                format!("no heartbeat for {WEDGED_AFTER:?}")
+            };
             return Err(TestHostError::HostFailed {
-                reason: format!("{L2_WEDGED}: no heartbeat for {WEDGED_AFTER:?}"),
+                reason: format!("{L2_WEDGED}: {why}"),
                 console_tail: tail(&st.console, 40),
             });
         } else if Instant::now() > deadline {
@@ -162,12 +167,19 @@ struct RunState {
     exit: Option<(i32, Instant)>,
     error: Option<String>,
     exited: Option<String>,
+    /// L2's kernel reported a CPU stuck in the kernel (a soft lockup): nested
+    /// KVM under TCG has wedged a vCPU thread inside KVM_RUN.
+    soft_lockup: bool,
 }
+
+/// What L2's watchdog prints when a CPU is stuck in the kernel.
+pub const SOFT_LOCKUP: &str = "BUG: soft lockup";
 
 impl RunState {
     fn on_line(&mut self, at: Instant, line: &str, nonce: &str) {
         self.console.push_str(line);
         self.console.push('\n');
+        self.soft_lockup |= line.contains(SOFT_LOCKUP);
         match protocol::parse_marker(line, nonce) {
             Some(Marker::Init) => self.init = Some(at),
             Some(Marker::ModulesLoaded) => self.mods = Some(at),
@@ -460,4 +472,24 @@ fn slots() -> &'static (Mutex<usize>, Condvar) {
             .max(1);
         (Mutex::new(n), Condvar::new())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_soft_lockup_on_l2s_console_marks_the_host_wedged() {
+        let mut st = RunState::default();
+        let now = Instant::now();
+        st.on_line(now, "HUSK-TESTHOST:ab:HB", "ab");
+        assert!(!st.soft_lockup);
+        st.on_line(
+            now,
+            "[  440.658407] watchdog: BUG: soft lockup - CPU#1 stuck for 395s! [vcpu0:242]",
+            "ab",
+        );
+        assert!(st.soft_lockup);
+        assert!(st.console.contains("stuck for 395s"));
+    }
 }

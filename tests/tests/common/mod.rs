@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cri;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -35,17 +37,32 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// `build/guest/` (or `$HUSK_BUILD_DIR/guest/`): the guest kernel, initramfs and probe.
+fn guest_build_dir() -> PathBuf {
+    std::env::var_os("HUSK_BUILD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("build"))
+        .join("guest")
+}
+
+fn need_file(p: PathBuf, how: &str) -> PathBuf {
+    assert!(p.is_file(), "{} is missing: run {how}", p.display());
+    p
+}
+
+/// The static `husk-probe` that container images carry, or a panic naming the build step.
+pub fn probe() -> PathBuf {
+    need_file(
+        guest_build_dir().join("husk-probe"),
+        "scripts/build-guest.sh",
+    )
+}
+
 impl Artifacts {
     /// Finds the artifacts, or panics saying which build step is missing.
     pub fn locate() -> Self {
-        let build = std::env::var_os("HUSK_BUILD_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace().join("build"))
-            .join("guest");
-        let need = |p: PathBuf, how: &str| {
-            assert!(p.is_file(), "{} is missing: run {how}", p.display());
-            p
-        };
+        let build = guest_build_dir();
+        let need = need_file;
         let vmm = need(bin_dir().join("husk-vmm"), "cargo build -p husk-vmm");
         let vmlinux = need(build.join("vmlinux"), "kernel-config/build.sh");
         let release_file = need(build.join("kernel-release"), "kernel-config/build.sh");
@@ -170,4 +187,21 @@ pub fn triple_fault_elf() -> Vec<u8> {
     assert_eq!(elf.len(), 120);
     elf.extend_from_slice(&code);
     elf
+}
+
+/// The static busybox the test host uses, for the containers' root file systems.
+pub fn busybox() -> PathBuf {
+    testhost::find_static_busybox().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The body of the section `name` of a job's output, after checking that it exited with
+/// `code` (the panic shows the section and the whole run).
+pub fn step<'a>(out: &'a JobOutput, name: &str, code: i32) -> &'a str {
+    let (body, rc) = section(&out.stdout, name);
+    assert_eq!(
+        rc, code,
+        "{name} exited {rc}:\n{body}\n--- whole run ---\n{}",
+        out.stdout
+    );
+    body
 }

@@ -3,9 +3,16 @@
 //! `husk run-vm [OPTIONS] -- COMMAND [ARGS...]` boots a VM, runs COMMAND in the guest's own
 //! root through the agent (the debugging path), copies stdin/stdout/stderr, forwards
 //! SIGINT/SIGTERM to it, powers the VM off, and exits with COMMAND's status (128 + signal
-//! when a signal killed it).
+//! when a signal killed it). With `--share DIR` the VM gets a virtio-fs device exporting DIR
+//! (`mount -t virtiofs husk /mnt` in the guest).
+//!
+//! `husk install` puts husk on a node (binaries, guest kernel and initramfs, its
+//! configuration, and the `husk` runtime in containerd's configuration); `husk uninstall`
+//! takes exactly that off again. See `install` and docs/install.md.
 
-mod vm;
+#[cfg(test)]
+mod deploy_tests;
+mod install;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,7 +25,7 @@ use husk_proto::pb;
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
 
-use vm::{RunningVm, VmOptions};
+use husk_shim::vm::{RunningVm, Share, VmOptions};
 
 #[derive(Parser)]
 #[command(name = "husk", version, about = "husk sandbox runtime tool")]
@@ -31,6 +38,10 @@ struct Cli {
 enum Cmd {
     /// Boot a VM, run a command in the guest, print its output and exit with its status.
     RunVm(RunVm),
+    /// Install husk on this node (or under --prefix) and add its runtime to containerd.
+    Install(install::InstallArgs),
+    /// Undo what `husk install` did.
+    Uninstall(install::UninstallArgs),
 }
 
 #[derive(clap::Args)]
@@ -69,6 +80,17 @@ struct RunVm {
     /// Log level of husk-vmm (its log is shown when something fails).
     #[arg(long, default_value = "warn")]
     vmm_log_level: String,
+    /// Export this host directory to the guest over virtio-fs; mount it in the guest with
+    /// `mount -t virtiofs TAG DIR`.
+    #[arg(long, value_name = "DIR")]
+    share: Option<PathBuf>,
+    /// The virtio-fs tag of `--share`.
+    #[arg(long, value_name = "TAG", default_value = "husk", requires = "share")]
+    share_tag: String,
+    /// The most host file descriptors virtio-fs may hold for the guest (husk-vmm's
+    /// `--fs-max-fds`; default: husk-vmm's).
+    #[arg(long, value_name = "N", requires = "share")]
+    share_max_fds: Option<u32>,
     /// Environment for the command, KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e')]
     env: Vec<String>,
@@ -122,6 +144,13 @@ async fn run_vm(args: RunVm) -> Result<i32> {
         memory_mib: args.memory_mib,
         run_base: args.run_dir.clone(),
         vmm_log_level: args.vmm_log_level.clone(),
+        share: args.share.clone().map(|dir| Share {
+            dir,
+            tag: args.share_tag.clone(),
+            max_fds: args.share_max_fds,
+        }),
+        name: None,
+        net: None,
     };
     // Installed first: from here on SIGINT/SIGTERM are forwarded, not fatal.
     let mut signals = Signals {
@@ -220,6 +249,11 @@ async fn run_command(
 
 fn main() {
     let cli = Cli::parse();
+    let args = match cli.command {
+        Cmd::RunVm(args) => args,
+        Cmd::Install(args) => exit_with(install::install(args)),
+        Cmd::Uninstall(args) => exit_with(install::uninstall(args)),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -231,16 +265,25 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = runtime.block_on(async {
-        match cli.command {
-            Cmd::RunVm(args) => run_vm(args).await,
-        }
-    });
+    let code = runtime.block_on(run_vm(args));
     let code = code.unwrap_or_else(|e| {
         eprintln!("husk: error: {e:#}");
         125
     });
     let _ = std::io::stdout().flush();
     // A blocking read of our stdin may still be pending in the runtime: don't wait for it.
+    std::process::exit(code);
+}
+
+/// Ends a command that needs no async runtime: status 0, or 1 with the error.
+fn exit_with(result: Result<()>) -> ! {
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("husk: error: {e:#}");
+            1
+        }
+    };
+    let _ = std::io::stdout().flush();
     std::process::exit(code);
 }

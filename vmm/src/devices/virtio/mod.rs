@@ -11,8 +11,10 @@
 //! Facts come from the virtio 1.2 specification (OASIS), sections 2 (basic facilities),
 //! 4.2 (virtio over MMIO) and 6 (reserved feature bits).
 
+pub mod fs;
 pub mod irq;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::{Arc, Mutex};
@@ -160,6 +162,24 @@ pub trait VirtioDevice: Send {
 
 /// A device as the transport and the device's own event handler share it.
 pub type SharedVirtioDevice = Arc<Mutex<dyn VirtioDevice>>;
+
+/// The activated queues in index order, for a device with `N` queues: each of indices
+/// `0..N` must be there (else [`ActivateError::MissingQueue`]); others are ignored.
+pub fn queues_by_index<const N: usize>(
+    queues: Vec<ActivatedQueue>,
+) -> Result<[ActivatedQueue; N], ActivateError> {
+    let mut slots: [Option<ActivatedQueue>; N] = std::array::from_fn(|_| None);
+    for q in queues {
+        if let Some(slot) = slots.get_mut(usize::from(q.index)) {
+            *slot = Some(q);
+        }
+    }
+    if let Some(missing) = slots.iter().position(Option::is_none) {
+        let index = u16::try_from(missing).unwrap_or(u16::MAX);
+        return Err(ActivateError::MissingQueue(index));
+    }
+    Ok(slots.map(|q| q.expect("every slot was checked above")))
+}
 
 /// Copies the bytes of a configuration space `config` at `offset` into `data`, for devices that
 /// keep their configuration as bytes. Returns false (and zero-fills `data`) if the access does

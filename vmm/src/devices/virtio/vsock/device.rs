@@ -13,14 +13,9 @@ use super::muxer::Muxer;
 use super::unix::HostListener;
 use super::{queues, VsockCounters, VsockError, MAX_PKT_DATA, MIN_GUEST_CID, QUEUE_SIZE};
 use crate::devices::virtio::{
-    device_type, features, read_config_bytes, ActivateError, ActivatedQueue, IrqTrigger,
-    VirtioDevice,
+    device_type, features, queues_by_index, read_config_bytes, ActivateError, ActivatedQueue,
+    IrqTrigger, VirtioDevice,
 };
-
-/// Queue indices (virtio spec 5.10.2).
-pub(super) const RX_QUEUE: u16 = 0;
-pub(super) const TX_QUEUE: u16 = 1;
-pub(super) const EVENT_QUEUE: u16 = 2;
 
 const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 
@@ -179,16 +174,8 @@ impl VirtioDevice for Vsock {
         queues: Vec<ActivatedQueue>,
         interrupt: Arc<IrqTrigger>,
     ) -> Result<(), ActivateError> {
-        let mut slots: [Option<ActivatedQueue>; 3] = [None, None, None];
-        for q in queues {
-            if let Some(slot) = slots.get_mut(usize::from(q.index)) {
-                *slot = Some(q);
-            }
-        }
-        let [rx, tx, event] = slots;
-        let rx = rx.ok_or(ActivateError::MissingQueue(RX_QUEUE))?;
-        let tx = tx.ok_or(ActivateError::MissingQueue(TX_QUEUE))?;
-        let event = event.ok_or(ActivateError::MissingQueue(EVENT_QUEUE))?;
+        // Virtio spec 5.10.2: queues 0, 1 and 2 are rx, tx and event.
+        let [rx, tx, event] = queues_by_index::<3>(queues)?;
         self.active = Some(Active {
             mem,
             rx: rx.queue,

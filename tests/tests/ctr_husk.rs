@@ -1,0 +1,412 @@
+//! containerd with husk's shim end to end: a private containerd on the test host runs
+//! `ctr run --runtime io.containerd.husk.v2`, so every container boots a husk VM.
+//! All cases share one test-host run. See `docs/containerd-tests.md` for the harness.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{section, step};
+use husk_tests::containerd::image::DEFAULT_IMAGE;
+use husk_tests::containerd::Containerd;
+use husk_tests::testhost::{self, HostKind, Job, JobOutput};
+
+/// The private containerd's directory in L2 (a tmpfs).
+const L2_BASE: &str = "/tmp/husk-containerd";
+
+/// Sequential `ctr run --rm` cycles in the leak check (`HUSK_CTR_CYCLES` overrides it
+/// when iterating by hand).
+const CYCLES: u32 = 50;
+
+fn cycles() -> u32 {
+    std::env::var("HUSK_CTR_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CYCLES)
+}
+
+fn script(ctrd: &Containerd) -> String {
+    format!(
+        r#"set -u
+{functions}
+sec() {{ _name=$1; shift; echo "BEGIN $_name"; "$@"; _rc=$?; echo "END $_name exit=$_rc"; }}
+IMG={DEFAULT_IMAGE}
+F="$HUSK_FILES"
+chmod +x "$F"/*
+mkdir -p /opt/husk-test/bin
+cp "$F/containerd-shim-husk-v2" /opt/husk-test/bin/
+export PATH="/opt/husk-test/bin:$PATH"
+cat > /opt/husk-test/config.toml <<EOF
+vmm = "$F/husk-vmm"
+kernel = "$F/vmlinux"
+initramfs = "$F/initramfs.cpio"
+vcpus = 1
+memory_mib = 256
+log_level = "debug"
+EOF
+export HUSK_CONFIG=/opt/husk-test/config.toml
+R="--runtime io.containerd.husk.v2"
+sec start husk_containerd_start
+sec image "$F/husk-image" "$HUSK_CTRD_BASE/busybox.tar"
+sec import husk_ctr image import --index-name "$IMG" "$HUSK_CTRD_BASE/busybox.tar"
+sec uname husk_ctr run --rm $R "$IMG" t1 uname -r
+sec exit3 husk_ctr run --rm $R "$IMG" t2 sh -c 'exit 3'
+big() {{ husk_ctr run --rm $R "$IMG" t3 head -c 10485760 /dev/zero | wc -c; }}
+sec big big
+sec detached husk_ctr run -d $R "$IMG" long sh -c 'trap "exit 0" TERM; while :; do sleep 1; done'
+sec exec husk_ctr task exec --exec-id e1 long sh -c 'echo exec-ok; exit 4'
+sec ps husk_ctr task ps long
+sec metrics husk_ctr task metrics long
+sec pause husk_ctr task pause long
+paused() {{ husk_ctr task ls | grep long; }}
+sec paused paused
+sec resume husk_ctr task resume long
+sec term husk_ctr task kill -s TERM long
+waitstop() {{ _i=0; while [ $_i -lt 100 ]; do husk_ctr task ls | grep "^$1 " | grep -q STOPPED && return 0; sleep 0.1; _i=$((_i+1)); done; husk_ctr task ls; return 1; }}
+sec stopped waitstop long
+rmc() {{ husk_ctr task delete "$1" && husk_ctr container delete "$1"; }}
+sec rmlong rmc long
+sec victim husk_ctr run -d $R "$IMG" victim sleep 1000
+killvmm() {{ _t=$(husk_ms); pkill -9 -f "/run/husk/victim/" || return 1; waitstop victim || return 1; echo "exit_seen_ms $(( $(husk_ms) - _t ))"; }}
+sec killvmm killvmm
+sec rmvictim rmc victim
+sec shimvictim husk_ctr run -d $R "$IMG" shimkill sleep 1000
+gone() {{ _i=0; while [ $_i -lt 100 ]; do husk_ctr task ls | grep -q "^$1 .*RUNNING" || return 0; sleep 0.1; _i=$((_i+1)); done; return 1; }}
+killshim() {{ pkill -9 -f "containerd-shim-husk-v2 .*-id shimkill" || return 1; gone shimkill || return 1; husk_ctr task delete shimkill 2>/dev/null; husk_ctr container delete shimkill; }}
+sec killshim killshim
+shimleft() {{ ls /run/husk; grep -c " /run/husk/shimkill" /proc/mounts; pgrep -f "/run/husk/shimkill/"; true; }}
+sec shimleft shimleft
+tty1() {{ script -qec "$(command -v ctr) --address $HUSK_CTRD_BASE/containerd.sock -n husk run -t --rm $R $IMG tty1 tty" /dev/null; }}
+sec tty tty1
+stdin1() {{ echo through-stdin | husk_ctr run --rm $R "$IMG" in1 cat; }}
+sec stdin stdin1
+sec execdetached husk_ctr run -d $R "$IMG" tl sleep 1000
+exectty() {{ script -qec "$(command -v ctr) --address $HUSK_CTRD_BASE/containerd.sock -n husk task exec -t --exec-id et tl tty" /dev/null; }}
+sec exectty exectty
+killtl() {{ husk_ctr task kill -s KILL tl && waitstop tl && rmc tl; }}
+sec killtl killtl
+sec filelog husk_ctr run --rm $R --log-uri file:///tmp/husk-file.log "$IMG" fl echo into-a-file
+sec filelogged cat /tmp/husk-file.log
+cat > /opt/husk-test/logger.sh <<'EOF2'
+#!/bin/sh
+exec 5>&-
+cat <&3 > /tmp/husk-binary.log
+EOF2
+chmod +x /opt/husk-test/logger.sh
+sec binlog husk_ctr run --rm $R --log-uri binary:///opt/husk-test/logger.sh "$IMG" bl echo into-a-logger
+sec binlogged cat /tmp/husk-binary.log
+sed 's/^memory_mib = .*/memory_mib = 200/' /opt/husk-test/config.toml > /opt/husk-test/small.toml
+meminfo() {{ husk_ctr run --rm $R --runtime-config-path /opt/husk-test/small.toml "$IMG" mi head -n 1 /proc/meminfo; }}
+sec options meminfo
+echo 'vcpus = 0' > /opt/husk-test/bad.toml
+sec badconfig husk_ctr run --rm $R --runtime-config-path /opt/husk-test/bad.toml "$IMG" bad true
+netsetup() {{ ip netns add husk-t && ip link add husk-h type veth peer name eth0 netns husk-t && ip addr add 10.77.0.1/24 dev husk-h && ip link set husk-h up && ip -n husk-t addr add 10.77.0.2/24 dev eth0 && ip -n husk-t link set eth0 mtu 1400 up && ip -n husk-t route add 10.78.0.0/16 via 10.77.0.1; }}
+sec netsetup netsetup
+sec netmac ip netns exec husk-t cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu
+sec netrun husk_ctr run -d $R --with-ns network:/var/run/netns/husk-t "$IMG" n1 sh -c 'mkdir -p /www && echo served-from-the-guest > /www/index.html && exec httpd -f -p 8080 -h /www'
+netguest() {{ husk_ctr task exec --exec-id p n1 sh -c 'cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu; grep -c . /proc/net/route; ping -c 2 -W 10 10.77.0.1 > /tmp/ping.out 2>&1 && echo guest-to-host-ok || cat /tmp/ping.out'; }}
+sec netguest netguest
+# Only the guest serves this page: the namespace's own stack (which has 10.77.0.2 too)
+# would refuse the connection.
+nethost() {{ timeout 30 bash -c 'exec 3<>/dev/tcp/10.77.0.2/8080 && printf "GET /index.html HTTP/1.0\r\n\r\n" >&3 && cat <&3' | tail -n 1; }}
+sec nethost nethost
+nettc() {{ tc -n husk-t filter show dev eth0 ingress | grep -c mirred; ip -n husk-t link show tap0_husk >/dev/null && echo tap-present; }}
+netdiag() {{ tc -s -n husk-t filter show dev tap0_husk ingress; tc -s -n husk-t filter show dev eth0 ingress; ip -n husk-t -s link; ip -s link show husk-h; ip neigh; }}
+sec nettc nettc
+sec netdiag netdiag
+netrm() {{ husk_ctr task kill -s KILL n1 && waitstop n1 && rmc n1; }}
+sec netrm netrm
+netleft() {{ sleep 1; tc -n husk-t qdisc show dev eth0 | grep -c ingress; ip -n husk-t link show tap0_husk 2>/dev/null | grep -c tap0_husk; ip netns del husk-t; ip link show husk-h 2>/dev/null | grep -c husk-h; true; }}
+sec netleft netleft
+sec hostnet husk_ctr run --rm $R --net-host "$IMG" hn true
+counts() {{ echo "fds $(ls /proc/$(pidof containerd)/fd | wc -l) shims $(pgrep -c -f containerd-shim-husk) vmms $(pgrep -c -f husk-vmm) mounts $(grep -c ' /run/husk' /proc/mounts) dirs $(ls /run/husk 2>/dev/null | wc -l)"; }}
+sec before counts
+cycles() {{ _i=0; while [ $_i -lt {cycles} ]; do husk_ctr run --rm $R "$IMG" cy$_i true || return 1; _i=$((_i+1)); done; }}
+_t=$(husk_ms)
+sec cycles cycles
+echo "cycles_ms $(( $(husk_ms) - _t ))"
+sleep 1
+sec after counts
+leftovers() {{ husk_ctr containers ls -q; husk_ctr tasks ls -q; ls /run/husk 2>/dev/null; grep -c " /run/husk" /proc/mounts; pgrep -f husk-vmm; true; }}
+sec leftovers leftovers
+sec stop husk_containerd_stop
+tail -n 30 "$HUSK_CTRD_BASE/containerd.log"
+husk_containerd_purge
+"#,
+        functions = ctrd.shell_functions(),
+        cycles = cycles(),
+    )
+}
+
+fn run(test: &str) -> Option<&'static JobOutput> {
+    static RUN: OnceLock<JobOutput> = OnceLock::new();
+    let host = testhost::kvm_host_or_skip(test)?;
+    if matches!(host, HostKind::Native { .. }) {
+        // The job would start containerd as this user on the real machine.
+        let why = "the husk containerd tests run on the emulated test host only for now";
+        assert!(
+            std::env::var_os("HUSK_REQUIRE_KVM").is_none() || host.is_emulated(),
+            "{test}: {why}"
+        );
+        eprintln!("SKIPPED: {test}: {why}");
+        return None;
+    }
+    Some(RUN.get_or_init(|| {
+        let a = common::Artifacts::locate();
+        let bin = common::bin_dir();
+        let ctrd = Containerd::new(L2_BASE)
+            .and_then(Containerd::bin_dir_from_env)
+            .expect("containerd settings");
+        let job = Job::new(script(&ctrd))
+            .file(bin.join("husk-image"), "husk-image")
+            .file(
+                bin.join("containerd-shim-husk-v2"),
+                "containerd-shim-husk-v2",
+            )
+            .file(&a.vmm, "husk-vmm")
+            .file(&a.vmlinux, "vmlinux")
+            .file(&a.initramfs, "initramfs.cpio")
+            .host_root(true)
+            .module("veth")
+            .module("tun")
+            .module("sch_ingress")
+            .module("cls_u32")
+            .module("act_mirred")
+            // 2026-12-02 in a CI rehearsal, an L2 that was alive and progressing (heartbeats,
+            // cycle 14 of 50) ran past 600 s: the whole job with 50 cycles needs more there.
+            .timeout(Duration::from_secs(1200));
+        let out = testhost::run(&job).expect("test host run");
+        eprintln!("ctr_husk: {}; total {:?}", out.kind.describe(), out.total);
+        eprintln!("{}", out.stdout);
+        assert!(out.success(), "job failed:\n{}", out.stdout);
+        out
+    }))
+}
+
+#[test]
+fn ctr_run_prints_the_guest_kernel_release() {
+    let Some(out) = run("ctr_run_prints_the_guest_kernel_release") else {
+        return;
+    };
+    let body = step(out, "uname", 0);
+    let release = common::Artifacts::locate().kernel_release;
+    assert_eq!(body.trim(), release, "not the guest's kernel: {body}");
+}
+
+#[test]
+fn ctr_run_exits_with_the_container_status() {
+    let Some(out) = run("ctr_run_exits_with_the_container_status") else {
+        return;
+    };
+    step(out, "exit3", 3);
+}
+
+#[test]
+fn ten_mib_of_output_all_arrive() {
+    let Some(out) = run("ten_mib_of_output_all_arrive") else {
+        return;
+    };
+    let body = step(out, "big", 0);
+    assert_eq!(body.trim(), "10485760", "{body}");
+}
+
+#[test]
+fn exec_ps_metrics_pause_resume_and_term_on_a_detached_container() {
+    let Some(out) = run("exec_ps_metrics_pause_resume_and_term_on_a_detached_container") else {
+        return;
+    };
+    step(out, "detached", 0);
+    let exec = step(out, "exec", 4);
+    assert!(exec.contains("exec-ok"), "{exec}");
+    let ps = step(out, "ps", 0);
+    assert!(ps.lines().count() >= 2, "no processes listed:\n{ps}");
+    let metrics = step(out, "metrics", 0);
+    let usage: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("memory.usage "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no memory.usage in:\n{metrics}"));
+    assert!(usage > 0, "memory.usage is 0:\n{metrics}");
+    let paused = step(out, "paused", 0);
+    assert!(paused.contains("PAUSED"), "{paused}");
+    step(out, "resume", 0);
+    step(out, "term", 0);
+    step(out, "stopped", 0);
+    step(out, "rmlong", 0);
+}
+
+#[test]
+fn a_killed_vmm_ends_the_task_within_5_seconds() {
+    let Some(out) = run("a_killed_vmm_ends_the_task_within_5_seconds") else {
+        return;
+    };
+    step(out, "victim", 0);
+    let body = step(out, "killvmm", 0);
+    let ms: u64 = common::line_value(body, "exit_seen_ms ")
+        .parse()
+        .expect("ms");
+    assert!(ms <= 5000, "containerd saw the exit after {ms} ms");
+    step(out, "rmvictim", 0);
+}
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_delete() {
+    let Some(out) = run("a_killed_shim_is_cleaned_up_by_delete") else {
+        return;
+    };
+    step(out, "shimvictim", 0);
+    step(out, "killshim", 0);
+    let left = step(out, "shimleft", 0);
+    assert_eq!(
+        left.trim(),
+        "0",
+        "its VMM, mounts or run directory remain:\n{left}"
+    );
+}
+
+#[test]
+fn ctr_run_with_a_tty() {
+    let Some(out) = run("ctr_run_with_a_tty") else {
+        return;
+    };
+    let body = step(out, "tty", 0);
+    assert!(body.contains("/dev/pts/0"), "{body}");
+}
+
+#[test]
+fn stdin_reaches_the_container_and_closes() {
+    let Some(out) = run("stdin_reaches_the_container_and_closes") else {
+        return;
+    };
+    assert_eq!(step(out, "stdin", 0).trim(), "through-stdin");
+}
+
+#[test]
+fn exec_with_a_tty() {
+    let Some(out) = run("exec_with_a_tty") else {
+        return;
+    };
+    step(out, "execdetached", 0);
+    let body = step(out, "exectty", 0);
+    assert!(body.contains("/dev/pts/"), "{body}");
+    step(out, "killtl", 0);
+}
+
+#[test]
+fn file_and_binary_log_uris() {
+    let Some(out) = run("file_and_binary_log_uris") else {
+        return;
+    };
+    step(out, "filelog", 0);
+    assert_eq!(step(out, "filelogged", 0).trim(), "into-a-file");
+    step(out, "binlog", 0);
+    assert_eq!(step(out, "binlogged", 0).trim(), "into-a-logger");
+}
+
+#[test]
+fn runtime_options_name_another_config() {
+    let Some(out) = run("runtime_options_name_another_config") else {
+        return;
+    };
+    let meminfo = step(out, "options", 0);
+    let kib: u64 = meminfo
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{meminfo}"));
+    assert!(
+        kib < 200 * 1024,
+        "the 200 MiB config was not used: {meminfo}"
+    );
+    let (bad, rc) = section(&out.stdout, "badconfig");
+    assert_ne!(rc, 0, "a bad config was accepted:\n{bad}");
+    assert!(
+        bad.contains("vcpus"),
+        "the error does not name the key:\n{bad}"
+    );
+}
+
+#[test]
+fn fifty_run_rm_cycles_leak_nothing() {
+    let Some(out) = run("fifty_run_rm_cycles_leak_nothing") else {
+        return;
+    };
+    let before = step(out, "before", 0).trim().to_owned();
+    step(out, "cycles", 0);
+    let after = step(out, "after", 0).trim().to_owned();
+    assert_eq!(
+        before, after,
+        "containerd fds, shims, VMMs, mounts or run dirs leaked"
+    );
+    eprintln!(
+        "{} cycles took {} ms; {after}",
+        cycles(),
+        common::line_value(&out.stdout, "cycles_ms ")
+    );
+}
+
+#[test]
+fn a_container_in_a_network_namespace_gets_its_interface() {
+    let Some(out) = run("a_container_in_a_network_namespace_gets_its_interface") else {
+        return;
+    };
+    step(out, "netsetup", 0);
+    let veth = step(out, "netmac", 0);
+    let mut veth = veth.lines();
+    let (mac, mtu) = (
+        veth.next().unwrap_or_default(),
+        veth.next().unwrap_or_default(),
+    );
+    assert_eq!(mtu, "1400");
+    step(out, "netrun", 0);
+    let guest = step(out, "netguest", 0);
+    let mut lines = guest.lines();
+    assert_eq!(
+        lines.next(),
+        Some(mac),
+        "the guest NIC has not the veth's MAC:\n{guest}"
+    );
+    assert_eq!(lines.next(), Some(mtu), "nor its MTU:\n{guest}");
+    // The header, the kernel's 10.77.0.0/24 and CNI's 10.78.0.0/16 via 10.77.0.1.
+    assert_eq!(
+        lines.next(),
+        Some("3"),
+        "routes in /proc/net/route:\n{guest}"
+    );
+    assert!(guest.contains("guest-to-host-ok"), "{guest}");
+    assert_eq!(step(out, "nethost", 0).trim(), "served-from-the-guest");
+    let tc = step(out, "nettc", 0);
+    assert!(
+        tc.starts_with("1\ntap-present"),
+        "no mirred filter or tap:\n{tc}"
+    );
+    step(out, "netrm", 0);
+    assert_eq!(
+        step(out, "netleft", 0).trim(),
+        "0\n0\n0",
+        "ingress qdisc, tap or veth left behind"
+    );
+}
+
+#[test]
+fn host_networking_is_refused_with_a_clear_error() {
+    let Some(out) = run("host_networking_is_refused_with_a_clear_error") else {
+        return;
+    };
+    let body = step(out, "hostnet", 1);
+    assert!(body.contains("host's network"), "{body}");
+}
+
+#[test]
+fn nothing_is_left_after_run_rm() {
+    let Some(out) = run("nothing_is_left_after_run_rm") else {
+        return;
+    };
+    let left = step(out, "leftovers", 0);
+    assert_eq!(
+        left.trim(),
+        "0",
+        "containers, tasks, run dirs, mounts or VMMs left:\n{left}"
+    );
+}
