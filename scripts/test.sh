@@ -19,5 +19,5 @@ for suite in trixie sid; do
         continue
     fi
     echo "test.sh: ctr_husk with containerd from $suite ($bin)" >&2
-    HUSK_CONTAINERD_BIN="$bin" HUSK_CTR_CYCLES=10 cargo test -p husk-tests --test ctr_husk
+    HUSK_CONTAINERD_BIN="$bin" HUSK_CTR_CYCLES=5 cargo test -p husk-tests --test ctr_husk
 done

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{line_value, run_once, section, SharedRun};
@@ -50,7 +49,7 @@ echo "END agent exit=$rc"
 
 /// Runs the shared job once; `None` (after a loud SKIPPED line) without a KVM host.
 fn shared(test: &str) -> Option<&'static SharedRun> {
-    static RUN: OnceLock<SharedRun> = OnceLock::new();
+    static RUN: common::Shared<SharedRun> = common::Shared::new();
     run_once(&RUN, test, |a| {
         let bin = common::bin_dir();
         Job::new(SCRIPT)

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{line_value, ready_line, run_once, section, triple_fault_elf, SharedRun};
@@ -24,7 +23,7 @@ boot triple --kernel "$HUSK_FILES/triple-fault.elf"
 
 /// Runs the shared job once; `None` (after a loud SKIPPED line) without a KVM host.
 fn shared(test: &str) -> Option<&'static SharedRun> {
-    static RUN: OnceLock<SharedRun> = OnceLock::new();
+    static RUN: common::Shared<SharedRun> = common::Shared::new();
     let dir = std::env::temp_dir().join(format!("husk-boot-test-{}", std::process::id()));
     let run = run_once(&RUN, test, |a| {
         std::fs::create_dir_all(&dir).expect("temp dir");

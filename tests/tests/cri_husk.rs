@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::cri;
@@ -51,7 +50,7 @@ fn husk_files(job: Job) -> Job {
 }
 
 fn run(test: &str) -> Option<&'static JobOutput> {
-    static RUN: OnceLock<JobOutput> = OnceLock::new();
+    static RUN: common::Shared<JobOutput> = common::Shared::new();
     cri::run_once(&RUN, test, &scenarios(), || cri::CriRun {
         handler: "husk",
         setup: job::husk_setup(&guest()),

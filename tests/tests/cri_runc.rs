@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::cri;
@@ -25,7 +24,7 @@ fn bench_pods() -> usize {
 }
 
 fn run(test: &str) -> Option<&'static JobOutput> {
-    static RUN: OnceLock<JobOutput> = OnceLock::new();
+    static RUN: common::Shared<JobOutput> = common::Shared::new();
     cri::run_once(&RUN, test, SCENARIOS, || cri::CriRun {
         handler: "runc",
         setup: String::new(),

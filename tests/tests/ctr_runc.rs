@@ -10,7 +10,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{line_value, step};
@@ -72,7 +71,7 @@ husk_containerd_purge
 
 /// The shared run, or `None` after a loud SKIPPED line.
 fn run(test: &str) -> Option<&'static JobOutput> {
-    static RUN: OnceLock<JobOutput> = OnceLock::new();
+    static RUN: common::Shared<JobOutput> = common::Shared::new();
     let host = testhost::kvm_host_or_skip(test)?;
     if matches!(host, HostKind::Native { .. }) && !is_root() {
         let why = "containerd needs root, and a native test host runs the job as this user";
@@ -83,7 +82,7 @@ fn run(test: &str) -> Option<&'static JobOutput> {
         eprintln!("SKIPPED: {test}: {why}");
         return None;
     }
-    Some(RUN.get_or_init(|| {
+    Some(common::once(&RUN, || {
         let base = match host {
             HostKind::Emulated(_) => L2_BASE.to_string(),
             HostKind::Native { .. } => std::env::temp_dir()

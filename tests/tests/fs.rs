@@ -12,7 +12,6 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{line_value, run_once, section, SharedRun};
@@ -156,7 +155,7 @@ fn runtime(bin: &std::path::Path) -> (PathBuf, Vec<PathBuf>) {
 }
 
 fn shared(test: &str) -> Option<&'static SharedRun> {
-    static RUN: OnceLock<SharedRun> = OnceLock::new();
+    static RUN: common::Shared<SharedRun> = common::Shared::new();
     run_once(&RUN, test, |a| {
         let bin = common::bin_dir();
         let check = PathBuf::from(env!("CARGO_BIN_EXE_husk-fs-check"));

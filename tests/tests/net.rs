@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{line_value, run_once, section, SharedRun};
@@ -105,7 +104,7 @@ fn fill(text: &str) -> String {
 }
 
 fn shared(test: &str) -> Option<&'static SharedRun> {
-    static RUN: OnceLock<SharedRun> = OnceLock::new();
+    static RUN: common::Shared<SharedRun> = common::Shared::new();
     run_once(&RUN, test, |a| {
         let bin = common::bin_dir();
         let script = fill(SCRIPT).replace("@GUEST@", fill(GUEST).trim());

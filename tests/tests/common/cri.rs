@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use husk_tests::containerd::Containerd;
@@ -114,7 +113,7 @@ pub struct CriRun {
 /// the handler `plan` names. `None` after the loud skip line where the tests
 /// cannot run: natively they would change the real machine's network.
 pub fn run_once(
-    cell: &'static OnceLock<JobOutput>,
+    cell: &'static super::Shared<JobOutput>,
     test: &str,
     all: &[&str],
     plan: impl FnOnce() -> CriRun,
@@ -130,7 +129,7 @@ pub fn run_once(
         eprintln!("SKIPPED: {test}: {why}");
         return None;
     }
-    Some(cell.get_or_init(|| {
+    Some(super::once(cell, || {
         let run = plan();
         let ctrd = containerd(L2_BASE, &[("husk", "io.containerd.husk.v2")]);
         require_tools(&ctrd);

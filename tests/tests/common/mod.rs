@@ -84,16 +84,45 @@ impl Artifacts {
 /// The artifacts and the output of a test file's shared test-host run.
 pub type SharedRun = (Artifacts, JobOutput);
 
+/// A test file's shared run: its value, or why it failed.
+pub type Shared<T> = OnceLock<Result<T, String>>;
+
+/// The value `init` makes, made once for all the tests of a file. When `init` panics, the
+/// failure is kept: that test fails with the whole message, and every later one fails at
+/// once with its first line instead of running the job again (a plain `OnceLock` would
+/// run `init` again, an uncounted retry that doubles a failing file's wall time).
+pub fn once<T: Send + Sync>(cell: &'static Shared<T>, init: impl FnOnce() -> T) -> &'static T {
+    let mut first = false;
+    let got = cell.get_or_init(|| {
+        first = true;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(init)).map_err(|payload| {
+            payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".to_owned())
+        })
+    });
+    match got {
+        Ok(value) => value,
+        Err(why) if first => panic!("{why}"),
+        Err(why) => panic!(
+            "this file's shared test-host run failed in an earlier test: {}",
+            why.lines().next().unwrap_or_default()
+        ),
+    }
+}
+
 /// Runs the job `make_job` builds once per test binary (one L2 boot when emulated), for all
 /// the tests in it; `None` after a loud SKIPPED line when there is no KVM host. Panics if the
 /// job itself fails.
 pub fn run_once(
-    cell: &'static OnceLock<SharedRun>,
+    cell: &'static Shared<SharedRun>,
     test: &str,
     make_job: impl FnOnce(&Artifacts) -> Job,
 ) -> Option<&'static SharedRun> {
     testhost::kvm_host_or_skip(test)?;
-    Some(cell.get_or_init(|| {
+    Some(once(cell, || {
         let artifacts = Artifacts::locate();
         let output = testhost::run(&make_job(&artifacts)).expect("test host run");
         eprintln!(
