@@ -300,6 +300,10 @@ pub fn run_on(kind: &HostKind, job: &Job, out: &mut dyn Write) -> Result<JobOutp
                      retrying the job (attempt {} of {EMULATED_ATTEMPTS})",
                     attempt + 1
                 );
+                if let Ok(output) = &result {
+                    // What led up to a guest's fault, for the post-mortem the retry erases.
+                    let _ = writeln!(io::stderr(), "{}", fault_context(&output.stdout));
+                }
                 attempt += 1;
             }
         }
@@ -308,8 +312,10 @@ pub fn run_on(kind: &HostKind, job: &Job, out: &mut dyn Write) -> Result<JobOutp
 
 /// How often a job runs on the emulated host when the emulation, not the job, fails:
 /// seen 2026-11-23, an L2 that wedged and then, in the retry, panicked (a kernel stack
-/// overflow under `svm_vcpu_run`).
-const EMULATED_ATTEMPTS: u32 = 3;
+/// overflow under `svm_vcpu_run`); on 2026-12-02, two of the first three jobs of a CI
+/// rehearsal needed a second run, and one long job failed in all of three. A run that
+/// would fail anyway costs the retries' time only.
+const EMULATED_ATTEMPTS: u32 = 5;
 
 /// The VMM's one-line verdict when a vCPU triple-faults, `husk-vmm: vCPU N triple-faulted`,
 /// found anywhere in `line` (it may be embedded in a containerd log line).
@@ -322,6 +328,29 @@ fn vmm_triple_fault(line: &str) -> Option<&str> {
     (digits > 0 && rest[digits..].starts_with(TAIL))
         .then(|| &line[start..start + HEAD.len() + digits + TAIL.len()])
 }
+
+/// The lines of `stdout` up to its first guest triple fault: the last
+/// [`FAULT_CONTEXT_LINES`], each cut to 300 bytes.
+fn fault_context(stdout: &str) -> String {
+    let lines: Vec<&str> = stdout.lines().collect();
+    let end = lines
+        .iter()
+        .position(|l| vmm_triple_fault(l).is_some())
+        .map_or(lines.len(), |i| i + 1);
+    let start = end.saturating_sub(FAULT_CONTEXT_LINES);
+    let mut out = String::from("--- the job's output before the fault ---");
+    for line in &lines[start..end] {
+        let cut = (0..=line.len().min(300))
+            .rev()
+            .find(|&i| line.is_char_boundary(i))
+            .unwrap_or(0);
+        out.push('\n');
+        out.push_str(&line[..cut]);
+    }
+    out
+}
+
+const FAULT_CONTEXT_LINES: usize = 25;
 
 /// Whether a job on the emulated host failed in a way that is the emulation's, not the job's,
 /// and so earns a retry, up to [`EMULATED_ATTEMPTS`] runs in all (see `docs/testing.md`,
@@ -459,6 +488,22 @@ mod tests {
         // The tracing line alone, or a mention without a vCPU number, is not the verdict.
         let no = "ERROR vCPU triple-faulted vcpu=1\nhusk-vmm: vCPU x triple-faulted";
         assert_eq!(emulated_host_fault(&job, &job_output(1, no)), None);
+    }
+
+    #[test]
+    fn the_fault_context_ends_at_the_first_fault() {
+        let mut out: Vec<String> = (0..40).map(|i| format!("line {i}")).collect();
+        out[30] = "husk-vmm: vCPU 0 triple-faulted".into();
+        out.push("x".repeat(400));
+        let context = fault_context(&out.join("\n"));
+        let lines: Vec<&str> = context.lines().collect();
+        assert_eq!(lines.len(), 1 + FAULT_CONTEXT_LINES);
+        assert_eq!(lines[1], "line 6");
+        assert_eq!(lines.last(), Some(&"husk-vmm: vCPU 0 triple-faulted"));
+        // No fault: the tail, with long lines cut.
+        let context = fault_context(&out[31..].join("\n"));
+        assert!(context.ends_with(&"x".repeat(300)), "{context}");
+        assert!(!context.contains(&"x".repeat(301)));
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub mod vsock;
 
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use irq::IrqTrigger;
@@ -78,6 +78,26 @@ pub mod device_type {
     pub const VSOCK: u32 = 19;
     /// File system device (virtio-fs).
     pub const FS: u32 = 26;
+}
+
+/// The avail ring's flag by which the driver asks for no interrupts (virtio spec 2.7.7).
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Whether the driver wants an interrupt for buffers just put in `queue`'s used ring: it did
+/// not set VRING_AVAIL_F_NO_INTERRUPT (no device offers EVENT_IDX). The fence orders the used
+/// index written before against the flags read here; the driver orders its flag write against
+/// its used index read the same way, so one side always sees the other. Linux's drivers set
+/// the flag while they drain a queue, so honouring it saves an interrupt per batch.
+pub(crate) fn driver_wants_interrupt(mem: &GuestMemoryMmap, queue: &Queue) -> bool {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    match mem.load::<u16>(
+        vm_memory::GuestAddress(queue.avail_ring()),
+        std::sync::atomic::Ordering::Acquire,
+    ) {
+        Ok(flags) => u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0,
+        // The transport checked the ring against guest memory; interrupt if in doubt.
+        Err(_) => true,
+    }
 }
 
 /// One virtqueue handed to a device when the driver sets DRIVER_OK.

@@ -20,6 +20,7 @@ use super::backend::{FsServer, SharedFs};
 use super::device::{Active, Command};
 use super::queues::process_queue;
 use super::{FsCounters, FsError};
+use crate::devices::virtio::driver_wants_interrupt;
 
 /// Epoll tokens: the wake eventfd, then one per queue (`TOKEN_QUEUE + index`).
 const TOKEN_WAKE: u32 = 0;
@@ -120,7 +121,8 @@ impl Worker {
         }
     }
 
-    /// Serves queue `index` until it is empty, interrupting the guest after every batch.
+    /// Serves queue `index` until it is empty, interrupting the guest after every batch (unless
+    /// the driver asked for no interrupts).
     pub(super) fn serve(&mut self, index: usize) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -136,7 +138,7 @@ impl Worker {
                 &self.counters,
                 BATCH,
             );
-            if n > 0 {
+            if n > 0 && driver_wants_interrupt(&active.mem, &q.queue) {
                 if let Err(e) = active.irq.trigger_used() {
                     tracing::warn!("virtio-fs: cannot signal the guest: {e}");
                 }

@@ -15,8 +15,8 @@ use super::{
     bump, MacAddr, NetCounters, NetError, MAX_MTU, MIN_MTU, QUEUE_SIZE, VIRTIO_NET_S_LINK_UP,
 };
 use crate::devices::virtio::{
-    device_type, features, queues_by_index, read_config_bytes, ActivateError, ActivatedQueue,
-    IrqTrigger, VirtioDevice,
+    device_type, driver_wants_interrupt, features, queues_by_index, read_config_bytes,
+    ActivateError, ActivatedQueue, IrqTrigger, VirtioDevice,
 };
 
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE; 2];
@@ -191,7 +191,7 @@ impl Net {
             &self.counters,
             TX_BUDGET,
         );
-        let mut interrupt = tx.used > 0 && queues::wants_interrupt(&active.mem, &active.tx);
+        let mut interrupt = tx.used > 0 && driver_wants_interrupt(&active.mem, &active.tx);
         if tx.more || queues::rearm(&active.mem, &mut active.tx) {
             active.tx_evt.kick();
         }
@@ -209,7 +209,7 @@ impl Net {
                 &self.counters,
                 RX_BUDGET,
             );
-            interrupt |= used > 0 && queues::wants_interrupt(&active.mem, &active.rx);
+            interrupt |= used > 0 && driver_wants_interrupt(&active.mem, &active.rx);
             match stop {
                 RxStop::Empty => {}
                 RxStop::NoBuffer => {

@@ -6,7 +6,7 @@
 //! buffers, so the guest cannot change a frame while the device looks at it.
 
 use std::io::ErrorKind;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
@@ -14,8 +14,6 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 use super::backend::{is_gone, NetBackend};
 use super::{add, bump, NetCounters, ETH_HLEN, MAX_FRAME_LEN, VNET_HDR_LEN};
 
-/// The avail ring's flag by which the driver asks for no interrupts (virtio spec 2.7.7).
-const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// The longest chain content the device accepts or fills: a header and the longest frame.
 pub(super) const MAX_CHAIN_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
 /// The device's receive buffer: one byte more than the longest frame, so that a frame the
@@ -317,19 +315,6 @@ fn write_frame(mem: &GuestMemoryMmap, frame: &[u8], segs: &[Segment]) -> bool {
         rest = later;
     }
     rest.is_empty()
-}
-
-/// Whether the driver wants an interrupt for buffers just put in `queue`'s used ring: it did
-/// not set VRING_AVAIL_F_NO_INTERRUPT (EVENT_IDX is not offered). The fence orders the used
-/// index written before against the flags read here; the driver orders its flag write against
-/// its used index read the same way, so one side always sees the other.
-pub(super) fn wants_interrupt(mem: &GuestMemoryMmap, queue: &Queue) -> bool {
-    fence(Ordering::SeqCst);
-    match mem.load::<u16>(GuestAddress(queue.avail_ring()), Ordering::Acquire) {
-        Ok(flags) => u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0,
-        // The transport checked the ring against guest memory; interrupt if in doubt.
-        Err(_) => true,
-    }
 }
 
 /// Turns the driver's notifications for `queue` back on and tells whether chains came in

@@ -13,8 +13,8 @@ use super::muxer::Muxer;
 use super::unix::HostListener;
 use super::{queues, VsockCounters, VsockError, MAX_PKT_DATA, MIN_GUEST_CID, QUEUE_SIZE};
 use crate::devices::virtio::{
-    device_type, features, queues_by_index, read_config_bytes, ActivateError, ActivatedQueue,
-    IrqTrigger, VirtioDevice,
+    device_type, driver_wants_interrupt, features, queues_by_index, read_config_bytes,
+    ActivateError, ActivatedQueue, IrqTrigger, VirtioDevice,
 };
 
 const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
@@ -105,12 +105,13 @@ impl Vsock {
         self.muxer.conns.len()
     }
 
-    /// Processes both queues and interrupts the guest if buffers were used.
+    /// Processes both queues and interrupts the guest if buffers were used (unless the driver
+    /// asked for none on that queue).
     pub(super) fn run_queues(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let mut used = queues::process_tx(
+        let tx_used = queues::process_tx(
             &active.mem,
             &mut active.tx,
             &mut self.muxer,
@@ -118,14 +119,16 @@ impl Vsock {
             self.guest_cid,
             &mut self.scratch,
         );
-        used |= queues::process_rx(
+        let rx_used = queues::process_rx(
             &active.mem,
             &mut active.rx,
             &mut self.muxer,
             &self.counters,
             &mut self.scratch,
         );
-        if used {
+        if tx_used && driver_wants_interrupt(&active.mem, &active.tx)
+            || rx_used && driver_wants_interrupt(&active.mem, &active.rx)
+        {
             if let Err(e) = active.irq.trigger_used() {
                 tracing::warn!("vsock: cannot signal the guest: {e}");
             }

@@ -119,6 +119,33 @@ fn no_host_listener_means_rst() {
 }
 
 #[test]
+fn interrupts_follow_the_drivers_wish() {
+    let mut g = Guest::new("no-interrupt");
+    let no_interrupt = |g: &Guest, on: bool| {
+        for ring in [&g.rx, &g.tx] {
+            let flags = GuestAddress(ring.avail);
+            g.mem.write_obj(u16::from(on).to_le(), flags).unwrap();
+        }
+    };
+    let _ = g.irq.eventfd().read();
+    no_interrupt(&g, true);
+    g.give_rx(2);
+    g.send(ghdr(op::REQUEST, 5000, 4444), &[]);
+    assert_eq!(g.recv()[0].0.op, op::RST, "the buffers were used");
+    assert!(
+        g.irq.eventfd().read().is_err(),
+        "VRING_AVAIL_F_NO_INTERRUPT honoured"
+    );
+    no_interrupt(&g, false);
+    g.send(ghdr(op::REQUEST, 5001, 4444), &[]);
+    assert_eq!(g.recv()[0].0.op, op::RST);
+    assert!(
+        g.irq.eventfd().read().is_ok(),
+        "an interrupt once asked for"
+    );
+}
+
+#[test]
 fn host_data_never_exceeds_guest_credit() {
     let mut g = Guest::new("credit");
     let mut host = g.guest_connect(5000, 1025, 10);
