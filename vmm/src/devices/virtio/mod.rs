@@ -17,10 +17,11 @@ pub mod mmio;
 pub mod net;
 pub mod vsock;
 
+use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use irq::IrqTrigger;
@@ -89,11 +90,8 @@ const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// its used index read the same way, so one side always sees the other. Linux's drivers set
 /// the flag while they drain a queue, so honouring it saves an interrupt per batch.
 pub(crate) fn driver_wants_interrupt(mem: &GuestMemoryMmap, queue: &Queue) -> bool {
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    match mem.load::<u16>(
-        vm_memory::GuestAddress(queue.avail_ring()),
-        std::sync::atomic::Ordering::Acquire,
-    ) {
+    fence(Ordering::SeqCst);
+    match mem.load::<u16>(GuestAddress(queue.avail_ring()), Ordering::Acquire) {
         Ok(flags) => u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0,
         // The transport checked the ring against guest memory; interrupt if in doubt.
         Err(_) => true,
