@@ -27,6 +27,12 @@ pub trait Syscalls {
     ) -> io::Result<()>;
     /// umount2(2) without flags.
     fn umount(&self, target: &Path) -> io::Result<()>;
+    /// `path` with every symlink resolved, and whether it is a directory.
+    fn resolve(&self, path: &Path) -> io::Result<(std::path::PathBuf, bool)>;
+    /// Creates an empty regular file at `path` if nothing is there.
+    fn create_file(&self, path: &Path) -> io::Result<()>;
+    /// chmod(2): `mode` exactly, whatever the umask.
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()>;
 }
 
 /// One mount of the plan.
@@ -222,6 +228,27 @@ impl Syscalls for Linux {
             Err(io::Error::last_os_error())
         }
     }
+
+    fn resolve(&self, path: &Path) -> io::Result<(std::path::PathBuf, bool)> {
+        let real = std::fs::canonicalize(path)?;
+        let is_dir = std::fs::metadata(&real)?.is_dir();
+        Ok((real, is_dir))
+    }
+
+    fn create_file(&self, path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .open(path)
+            .map(drop)
+    }
+
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
 }
 
 #[cfg(test)]
@@ -243,15 +270,20 @@ pub(crate) mod fake {
             data: Option<String>,
         },
         Umount(PathBuf),
+        CreateFile(PathBuf),
+        Chmod(PathBuf, u32),
     }
 
     /// Records every call; fails mount or umount of chosen targets with
-    /// chosen errnos.
+    /// chosen errnos. Remembers what mkdir_all and create_file made (path ->
+    /// is a directory) for resolve, which also follows `links`.
     #[derive(Default)]
     pub struct Recorder {
         pub calls: RefCell<Vec<Call>>,
         pub fail_mount: HashMap<PathBuf, i32>,
         pub fail_umount: HashMap<PathBuf, i32>,
+        pub existing: RefCell<HashMap<PathBuf, bool>>,
+        pub links: HashMap<PathBuf, PathBuf>,
     }
 
     impl Recorder {
@@ -265,6 +297,33 @@ pub(crate) mod fake {
             self.calls
                 .borrow_mut()
                 .push(Call::Mkdir(path.to_path_buf(), mode));
+            let mut existing = self.existing.borrow_mut();
+            for dir in path.ancestors() {
+                existing.insert(dir.to_path_buf(), true);
+            }
+            Ok(())
+        }
+
+        fn resolve(&self, path: &Path) -> io::Result<(PathBuf, bool)> {
+            let real = self.links.get(path).cloned().unwrap_or(path.to_path_buf());
+            match self.existing.borrow().get(&real) {
+                Some(&is_dir) => Ok((real, is_dir)),
+                None => Err(io::Error::from(io::ErrorKind::NotFound)),
+            }
+        }
+
+        fn create_file(&self, path: &Path) -> io::Result<()> {
+            self.calls
+                .borrow_mut()
+                .push(Call::CreateFile(path.to_path_buf()));
+            self.existing.borrow_mut().insert(path.to_path_buf(), false);
+            Ok(())
+        }
+
+        fn chmod(&self, path: &Path, mode: u32) -> io::Result<()> {
+            self.calls
+                .borrow_mut()
+                .push(Call::Chmod(path.to_path_buf(), mode));
             Ok(())
         }
 

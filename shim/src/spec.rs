@@ -8,8 +8,17 @@
 //! host processes), the network namespace (containers share the VM's network),
 //! host device nodes, AppArmor and SELinux labels. The JSON is edited as a
 //! tree, so fields this code does not know survive unchanged.
+//!
+//! Two kinds of bind mount stay in the guest instead: CRI's `/dev/shm` becomes
+//! the Pod's guest tmpfs [`GUEST_POD_SHM`], and kubelet's emptyDir volumes
+//! (and subPaths of them) become Pod-level guest tmpfs volumes ([`volumes`]),
+//! which the shim mounts in the guest on first use.
 
 use serde_json::Value;
+
+pub mod volumes;
+
+pub use volumes::{EmptyDir, HostFs, HostPaths, SubPath};
 
 /// Where the agent mounts the share in the guest.
 pub const GUEST_SHARE: &str = "/run/husk/shared";
@@ -42,11 +51,24 @@ pub struct HostBind {
     pub readonly: bool,
 }
 
-/// The guest's spec and the binds that make it work.
+/// The guest's spec and what makes it work: host binds into the share, and
+/// the Pod-level guest volumes its mounts name.
 #[derive(Debug, Clone)]
 pub struct GuestSpec {
     pub spec: Value,
     pub binds: Vec<HostBind>,
+    /// The emptyDirs the container mounts (whole or by subPath), each once.
+    pub empty_dirs: Vec<EmptyDir>,
+    /// The subPaths of emptyDirs the container mounts.
+    pub subpaths: Vec<SubPath>,
+}
+
+impl GuestSpec {
+    fn use_empty_dir(&mut self, e: EmptyDir) {
+        if !self.empty_dirs.iter().any(|d| d.name == e.name) {
+            self.empty_dirs.push(e);
+        }
+    }
 }
 
 fn is_bind(mount: &Value) -> bool {
@@ -84,6 +106,16 @@ pub fn for_guest(
     container_id: &str,
     pod_pid: Option<u32>,
 ) -> Result<GuestSpec, SpecError> {
+    for_guest_on(json, container_id, pod_pid, &HostFs)
+}
+
+/// [`for_guest`], asking `host` where a kubelet subPath bind points.
+pub fn for_guest_on(
+    json: &[u8],
+    container_id: &str,
+    pod_pid: Option<u32>,
+    host: &dyn HostPaths,
+) -> Result<GuestSpec, SpecError> {
     let mut spec: Value =
         serde_json::from_slice(json).map_err(|e| SpecError::Json(e.to_string()))?;
     let obj = spec
@@ -94,7 +126,12 @@ pub fn for_guest(
         .or_insert_with(|| Value::Object(Default::default()));
     root["path"] = Value::String(format!("{GUEST_SHARE}/{}", rootfs_share_path(container_id)));
 
-    let mut binds = Vec::new();
+    let mut guest = GuestSpec {
+        spec: Value::Null,
+        binds: Vec::new(),
+        empty_dirs: Vec::new(),
+        subpaths: Vec::new(),
+    };
     if let Some(mounts) = obj.get_mut("mounts").and_then(Value::as_array_mut) {
         for (n, mount) in mounts.iter_mut().enumerate() {
             if !is_bind(mount) {
@@ -114,9 +151,13 @@ pub fn for_guest(
                     "bind mount source {source:?} is not absolute"
                 )));
             }
+            if let Some(guest_source) = pod_volume(&mut guest, &source, host) {
+                mount["source"] = Value::String(guest_source);
+                continue;
+            }
             let share_path = format!("{container_id}/mounts/{n}");
             mount["source"] = Value::String(format!("{GUEST_SHARE}/{share_path}"));
-            binds.push(HostBind {
+            guest.binds.push(HostBind {
                 source,
                 share_path,
                 readonly: readonly(mount),
@@ -156,7 +197,27 @@ pub fn for_guest(
             resources.remove("devices");
         }
     }
-    Ok(GuestSpec { spec, binds })
+    guest.spec = spec;
+    Ok(guest)
+}
+
+/// The guest source of a bind of `source` if the guest provides it: an
+/// emptyDir, or a subPath of one (the other subPaths are host binds like any).
+fn pod_volume(guest: &mut GuestSpec, source: &str, host: &dyn HostPaths) -> Option<String> {
+    if let Some(e) = volumes::empty_dir_of(source) {
+        let dir = volumes::guest_volume_dir(&e.name);
+        guest.use_empty_dir(e);
+        return Some(dir);
+    }
+    let bind = volumes::subpath_bind_of(source)?;
+    let path = host.path_inside(&bind.empty_dir.host_dir, source)?;
+    guest.subpaths.push(SubPath {
+        volume: bind.empty_dir.name.clone(),
+        path,
+        guest_dir: bind.guest_dir.clone(),
+    });
+    guest.use_empty_dir(bind.empty_dir);
+    Some(bind.guest_dir)
 }
 
 /// The sandbox id a container belongs to: the CRI annotation, else its own
@@ -256,6 +317,92 @@ mod tests {
             json!({"mounts": [{"destination": "/dev/shm", "type": "tmpfs", "source": "shm"}]});
         let g = for_guest(own.to_string().as_bytes(), "c1", None).unwrap();
         assert_eq!(g.spec["mounts"][0]["source"], "shm");
+    }
+
+    const KUBELET_POD: &str = "/var/lib/kubelet/pods/6a1f";
+
+    /// The host as the tests see it: a subPath bind of `cache` points at
+    /// `logs/app` inside it; no other volume is an emptyDir.
+    struct FakeHost;
+
+    impl HostPaths for FakeHost {
+        fn path_inside(&self, volume: &str, source: &str) -> Option<String> {
+            let cache = format!("{KUBELET_POD}/volumes/kubernetes.io~empty-dir/cache");
+            (volume == cache && source.contains("/volume-subpaths/cache/"))
+                .then(|| "logs/app".to_owned())
+        }
+    }
+
+    fn bind(source: &str, destination: &str, ro: bool) -> Value {
+        let mode = if ro { "ro" } else { "rw" };
+        json!({"destination": destination, "type": "bind", "source": source,
+               "options": ["rbind", "rprivate", mode]})
+    }
+
+    #[test]
+    fn an_empty_dir_is_the_pods_guest_volume_and_not_shared_from_the_host() {
+        let cache = format!("{KUBELET_POD}/volumes/kubernetes.io~empty-dir/cache");
+        let spec = json!({"mounts": [
+            bind(&cache, "/cache", false),
+            bind(&cache, "/cache-ro", true),
+            bind(&format!("{KUBELET_POD}/volumes/kubernetes.io~configmap/cfg"), "/cfg", true),
+        ]});
+        let g = for_guest_on(spec.to_string().as_bytes(), "c1", None, &FakeHost).unwrap();
+        let m = &g.spec["mounts"];
+        assert_eq!(m[0]["source"], "/run/husk/emptydir/cache");
+        assert_eq!(m[1]["source"], "/run/husk/emptydir/cache");
+        // Read-only stays read-only: the container's bind keeps its options.
+        assert_eq!(m[1]["options"], json!(["rbind", "rprivate", "ro"]));
+        assert_eq!(m[0]["options"], json!(["rbind", "rprivate", "rw"]));
+        // One volume, however many mounts name it; the configMap is a host bind.
+        assert_eq!(
+            g.empty_dirs,
+            vec![EmptyDir {
+                name: "cache".into(),
+                host_dir: cache.clone()
+            }]
+        );
+        assert!(g.subpaths.is_empty());
+        assert_eq!(g.binds.len(), 1);
+        assert_eq!(m[2]["source"], "/run/husk/shared/c1/mounts/2");
+        assert!(g.binds[0].source.ends_with("kubernetes.io~configmap/cfg"));
+    }
+
+    #[test]
+    fn a_subpath_of_an_empty_dir_is_a_guest_bind_inside_the_volume() {
+        let spec = json!({"mounts": [
+            bind(&format!("{KUBELET_POD}/volume-subpaths/cache/app/0"), "/logs", false),
+            bind(&format!("{KUBELET_POD}/volume-subpaths/cfg/app/1"), "/etc/app.conf", true),
+        ]});
+        let g = for_guest_on(spec.to_string().as_bytes(), "c1", None, &FakeHost).unwrap();
+        let m = &g.spec["mounts"];
+        assert_eq!(m[0]["source"], "/run/husk/subpaths/cache/app/0");
+        assert_eq!(
+            g.subpaths,
+            vec![SubPath {
+                volume: "cache".into(),
+                path: "logs/app".into(),
+                guest_dir: "/run/husk/subpaths/cache/app/0".into(),
+            }]
+        );
+        // The subPath's volume is made too (a container may mount only a subPath).
+        assert_eq!(g.empty_dirs.len(), 1);
+        assert_eq!(g.empty_dirs[0].name, "cache");
+        // A subPath of another kind of volume is a host bind like any.
+        assert_eq!(m[1]["source"], "/run/husk/shared/c1/mounts/1");
+        assert_eq!(g.binds.len(), 1);
+        assert!(g.binds[0].readonly);
+    }
+
+    #[test]
+    fn paths_that_only_look_like_an_empty_dir_are_host_binds() {
+        let spec = json!({"mounts": [
+            bind("/srv/volumes/kubernetes.io~empty-dir/x", "/a", false),
+            bind(&format!("{KUBELET_POD}/volumes/kubernetes.io~empty-dir/cache/sub"), "/b", false),
+        ]});
+        let g = for_guest_on(spec.to_string().as_bytes(), "c1", None, &FakeHost).unwrap();
+        assert_eq!(g.binds.len(), 2);
+        assert!(g.empty_dirs.is_empty());
     }
 
     #[test]

@@ -77,7 +77,7 @@ fn pod_network_hostname_dns_and_logs() {
 #[test]
 fn a_container_restarts_in_a_live_sandbox() {
     if let Some(out) = run("a_container_restarts_in_a_live_sandbox") {
-        cri::check_restart(out);
+        cri::check_restart(out, "husk");
     }
 }
 
@@ -98,10 +98,13 @@ fn exec_with_a_tty_sees_its_resize() {
     }
 }
 
+/// Besides the host volumes: an emptyDir is a guest tmpfs shared by the Pod's
+/// containers (its host directory stays empty), sized by its sizeLimit, with
+/// subPaths inside it; a hostNetwork Pod is refused with an error naming hostNetwork.
 #[test]
 fn volumes_readonly_shared_configmap_and_shm() {
     if let Some(out) = run("volumes_readonly_shared_configmap_and_shm") {
-        cri::check_volumes(out);
+        cri::check_volumes(out, "husk");
     }
 }
 
@@ -112,11 +115,12 @@ fn container_stats_show_cpu_and_memory() {
     }
 }
 
-/// A husk Pod's host processes are its shim and its husk-vmm.
+/// A husk Pod's host processes are its shim and its husk-vmm; after removal no
+/// tap is left anywhere, and nothing of the Pods under /run/husk.
 #[test]
 fn removed_pods_leave_nothing_behind() {
     if let Some(out) = run("removed_pods_leave_nothing_behind") {
-        cri::check_cleanup(out, 4);
+        cri::check_cleanup(out, 4, "husk");
     }
 }
 

@@ -51,7 +51,7 @@ fn pod_network_hostname_dns_and_logs() {
 #[test]
 fn a_container_restarts_in_a_live_sandbox() {
     if let Some(out) = run("a_container_restarts_in_a_live_sandbox") {
-        cri::check_restart(out);
+        cri::check_restart(out, "runc");
     }
 }
 
@@ -66,7 +66,7 @@ fn exec_sync_exec_attach_and_a_resized_tty() {
 #[test]
 fn volumes_readonly_shared_configmap_and_shm() {
     if let Some(out) = run("volumes_readonly_shared_configmap_and_shm") {
-        cri::check_volumes(out);
+        cri::check_volumes(out, "runc");
     }
 }
 
@@ -80,7 +80,7 @@ fn container_stats_show_cpu_and_memory() {
 #[test]
 fn removed_pods_leave_nothing_behind() {
     if let Some(out) = run("removed_pods_leave_nothing_behind") {
-        cri::check_cleanup(out, 6);
+        cri::check_cleanup(out, 6, "runc");
     }
 }
 

@@ -181,3 +181,53 @@ impl Drop for Mounts {
         }
     }
 }
+
+/// The size in bytes of the tmpfs mounted exactly on `dir`, or `None` if
+/// `dir` is not a tmpfs mount point. kubelet mounts an emptyDir with
+/// `medium: Memory` as a tmpfs sized to the volume's sizeLimit.
+pub fn tmpfs_size(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let here = std::fs::metadata(dir).ok()?;
+    let parent = std::fs::metadata(dir.join("..")).ok()?;
+    if here.dev() == parent.dev() {
+        // Not a mount point: a directory on its parent's file system.
+        return None;
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statfs is plain data, for which all zeroes is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a NUL-terminated path and st a writable statfs, both
+    // living until the call returns.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    if st.f_type != libc::TMPFS_MAGIC {
+        return None;
+    }
+    let bsize = u64::try_from(st.f_bsize).ok()?;
+    st.f_blocks.checked_mul(bsize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_tmpfs_mount_point_has_a_tmpfs_size() {
+        assert_eq!(tmpfs_size(Path::new("/nonexistent-husk")), None);
+        // /proc is a mount point but not a tmpfs.
+        assert_eq!(tmpfs_size(Path::new("/proc")), None);
+        let shm = Path::new("/dev/shm");
+        let Some(size) = tmpfs_size(shm) else {
+            eprintln!("SKIPPED part: /dev/shm is not a tmpfs mount point here");
+            return;
+        };
+        assert!(size > 0);
+        // A directory inside the tmpfs is no mount point of its own.
+        let dir = shm.join(format!("husk-tmpfs-size-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let inside = tmpfs_size(&dir);
+        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(inside, None);
+    }
+}

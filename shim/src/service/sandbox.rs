@@ -5,14 +5,16 @@
 //! why; the agent's connections break, every waiter learns its process is
 //! gone, and the shim reports the exits instead of hanging.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use husk_proto::client::AgentClient;
 use husk_proto::pb;
 use husk_shim::config::Config;
 use husk_shim::net::{self, PodNetwork};
-use husk_shim::spec::{GUEST_POD_SHM, GUEST_POD_SHM_SIZE, GUEST_SHARE};
+use husk_shim::spec::volumes::guest_volume_dir;
+use husk_shim::spec::{GuestSpec, GUEST_POD_SHM, GUEST_POD_SHM_SIZE, GUEST_SHARE};
 use husk_shim::vm::{NetDevice, RunningVm, Share, VmEndedEarly, VmOptions};
 use tokio::sync::oneshot;
 
@@ -55,6 +57,9 @@ pub struct Sandbox {
     /// The guest pid of the Pod's sandbox (pause) container, whose IPC, UTS
     /// and PID namespaces the Pod's other containers join.
     pub pause_pid: Mutex<Option<u32>>,
+    /// The Pod-level guest volumes mounted so far, by guest directory: each
+    /// emptyDir's tmpfs and each subPath bind of one, made on first use.
+    volumes: tokio::sync::Mutex<HashSet<String>>,
     /// Why the VMM ended, once it has.
     gone: Arc<Mutex<Option<String>>>,
     stop: Mutex<Option<oneshot::Sender<oneshot::Sender<()>>>>,
@@ -177,16 +182,13 @@ impl Sandbox {
                 mount_point: GUEST_SHARE.into(),
             })
             .await?;
+        let shm_options = ["nosuid", "nodev", "noexec", "mode=1777", GUEST_POD_SHM_SIZE];
         agent
-            .add_storage(pb::Storage {
-                id: "shm".into(),
-                source: "shm".into(),
-                fstype: "tmpfs".into(),
-                options: ["nosuid", "nodev", "noexec", "mode=1777", GUEST_POD_SHM_SIZE]
-                    .map(String::from)
-                    .to_vec(),
-                mount_point: GUEST_POD_SHM.into(),
-            })
+            .add_storage(pod_tmpfs(
+                "shm",
+                GUEST_POD_SHM,
+                &shm_options.map(String::from),
+            ))
             .await?;
         if let Some((interface, routes)) = nic {
             let name = interface.name.clone();
@@ -209,9 +211,54 @@ impl Sandbox {
             agent,
             shared,
             pause_pid: Mutex::new(None),
+            volumes: tokio::sync::Mutex::new(HashSet::new()),
             gone,
             stop: Mutex::new(Some(stop_tx)),
         })
+    }
+
+    /// Mounts in the guest the Pod-level volumes `guest`'s mounts name and
+    /// the Pod does not have yet: a tmpfs per emptyDir (sized like kubelet's
+    /// host tmpfs of a `medium: Memory` volume, else the guest tmpfs default
+    /// of half the guest's RAM), then a bind per subPath of one. They live as
+    /// long as the VM. The agent's errors name the guest directory.
+    pub async fn pod_volumes(&self, guest: &GuestSpec) -> Result<(), ServiceError> {
+        let mut made = self.volumes.lock().await;
+        for e in &guest.empty_dirs {
+            let dir = guest_volume_dir(&e.name);
+            if made.contains(&dir) {
+                continue;
+            }
+            let mut options = vec!["mode=0777".to_owned()];
+            let host_dir = Path::new(&e.host_dir);
+            match super::mounts::tmpfs_size(host_dir) {
+                Some(bytes) => options.push(format!("size={bytes}")),
+                None => log::debug!("emptyDir {}: no size limit known", e.name),
+            }
+            let id = format!("emptydir-{}", e.name);
+            self.agent
+                .add_storage(pod_tmpfs(&id, &dir, &options))
+                .await?;
+            log::info!("emptyDir {}: guest tmpfs {dir} ({options:?})", e.name);
+            made.insert(dir);
+        }
+        for s in &guest.subpaths {
+            if made.contains(&s.guest_dir) {
+                continue;
+            }
+            let id = format!("subpath-{}", made.len());
+            self.agent
+                .add_storage(pb::Storage {
+                    id,
+                    source: format!("{}/{}", guest_volume_dir(&s.volume), s.path),
+                    fstype: "bind".into(),
+                    options: vec!["rbind".into()],
+                    mount_point: s.guest_dir.clone(),
+                })
+                .await?;
+            made.insert(s.guest_dir.clone());
+        }
+        Ok(())
     }
 
     /// Why the VM ended, if it has.
@@ -237,6 +284,17 @@ impl Sandbox {
                 let _ = done_rx.await;
             }
         }
+    }
+}
+
+/// A Pod-wide guest tmpfs (`/dev/shm`, an emptyDir) on `mount_point`.
+fn pod_tmpfs(id: &str, mount_point: &str, options: &[String]) -> pb::Storage {
+    pb::Storage {
+        id: id.into(),
+        source: "tmpfs".into(),
+        fstype: "tmpfs".into(),
+        options: options.to_vec(),
+        mount_point: mount_point.into(),
     }
 }
 

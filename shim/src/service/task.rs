@@ -175,6 +175,8 @@ impl Service {
             *sandbox.pause_pid.lock().unwrap_or_else(|e| e.into_inner())
         };
         let guest = spec::for_guest(&json, &req.id, pod_pid)?;
+        // emptyDirs are Pod-level guest tmpfs volumes, mounted on first use.
+        sandbox.pod_volumes(&guest).await?;
         let mut mounts = Mounts::new(sandbox.shared.join(&req.id))?;
         let bundle_rootfs = bundle.join(original["root"]["path"].as_str().unwrap_or("rootfs"));
         mounts

@@ -154,6 +154,68 @@ pub fn runtime_programs(handler: &str) -> &'static [&'static str] {
     }
 }
 
+/// The runtime's own run directory, where it keeps a directory per sandbox
+/// (named by the sandbox id) and may mount things: none for runc (containerd's
+/// state directory, under its base, holds runc's).
+pub fn runtime_run_dir(handler: &str) -> Option<&'static Path> {
+    match handler {
+        "husk" => Some(Path::new("/run/husk")),
+        _ => None,
+    }
+}
+
+/// One network interface as `ip -o -d link` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    /// A tap device (`tun type tap`; a VM runtime's NIC backend).
+    pub tap: bool,
+}
+
+/// The interfaces of this network namespace (`netns` `None`) or of the named
+/// one in `/var/run/netns` (`ip -n <name>`); empty if `ip` fails.
+pub fn links(netns: Option<&str>) -> Vec<Link> {
+    let mut cmd = std::process::Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    match cmd.args(["-o", "-d", "link", "show"]).output() {
+        Ok(out) if out.status.success() => parse_links(&String::from_utf8_lossy(&out.stdout)),
+        _ => Vec::new(),
+    }
+}
+
+/// `ip -o -d link` lines: `<index>: <name>[@<peer>]: <flags> ... tun type tap ...`.
+fn parse_links(text: &str) -> Vec<Link> {
+    text.lines()
+        .filter_map(|l| {
+            let name = l.split(": ").nth(1)?;
+            let name = name.split('@').next().unwrap_or(name).to_string();
+            let tap = l.contains("tun type tap");
+            Some(Link { name, tap })
+        })
+        .collect()
+}
+
+/// Every tap device on this machine's network and in the network namespaces
+/// of `/var/run/netns`, as `<netns or "host">/<name>`.
+pub fn taps(netns_dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = links(None)
+        .into_iter()
+        .filter(|l| l.tap)
+        .map(|l| format!("host/{}", l.name))
+        .collect();
+    for ns in dir_entries(netns_dir) {
+        out.extend(
+            links(Some(&ns))
+                .into_iter()
+                .filter(|l| l.tap)
+                .map(|l| format!("{ns}/{}", l.name)),
+        );
+    }
+    out
+}
+
 /// The proportional set size of `pid` in KiB (`/proc/<pid>/smaps_rollup`);
 /// `None` when the process is gone or has no memory map (a zombie).
 pub fn pss_kib(pid: u32) -> Option<u64> {
@@ -345,6 +407,18 @@ mod tests {
         let info = "36 35 98:0 / /mnt\\040space rw - ext3 /dev/root rw\n\
                     37 35 0:5 / /tmp/b/state/x/rootfs rw - overlay overlay rw\n";
         assert_eq!(mount_points(info), ["/mnt space", "/tmp/b/state/x/rootfs"]);
+    }
+
+    #[test]
+    fn ip_link_lines_parse() {
+        let text = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN \\    link/loopback 00:00:00:00:00:00\n\
+                    2: eth0@if9: <BROADCAST,MULTICAST,UP> mtu 1500 \\    link/ether 0a:58 \\    veth addrgenmode eui64\n\
+                    3: tap0_husk: <BROADCAST,MULTICAST,UP> mtu 1500 \\    link/ether 52:54 \\    tun type tap pi off vnet_hdr on persist off\n";
+        let links = parse_links(text);
+        let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["lo", "eth0", "tap0_husk"]);
+        let taps: Vec<bool> = links.iter().map(|l| l.tap).collect();
+        assert_eq!(taps, [false, false, true]);
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //! | `pod` | a web server and a client in one pod over 127.0.0.1; the host and a second (runc) pod reach the pod IP; hostname, DNS, loopback; CRI logs and ReopenContainerLog |
 //! | `restart` | a container exits 1; new attempts start in the same sandbox, which keeps its processes |
 //! | `exec` | ExecSync (output, exit code, timeout), Exec and Attach over the streaming server, a tty resized |
-//! | `volumes` | a read-only hostPath, a directory shared by two containers, a configMap-style `..data` swap, `/dev/shm` |
+//! | `volumes` | a read-only hostPath, a directory shared by two containers, a configMap-style `..data` swap, `/dev/shm`; in kubelet's layout: emptyDirs (one `medium: Memory` with a sizeLimit), subPaths, a secret's file, a termination log, `/etc/hosts`; a `shareProcessNamespace` pod and a hostNetwork pod |
 //! | `stats` | ContainerStats and ListContainerStats of a busy container |
-//! | `cleanup` | after pods are removed: no processes, shims, mounts, netns, veths or cgroups left |
+//! | `cleanup` | after pods are removed: no processes, shims, mounts, netns, veths, taps, new links, cgroups or runtime run directories left |
 //! | `bench` | RunPodSandbox+CreateContainer+StartContainer latency over N pods, and host PSS per idle pod |
 //! | `workload` | `husk-probe` measurements in a container: CPU, system calls, I/O on the rootfs and an emptyDir, TCP host→pod and pod→pod |
 //! | `isolation` | `husk-probe isolation` in a plain and a privileged container: whose kernel, what is visible, which privileged actions reach the host; another pod still answers |

@@ -278,8 +278,9 @@ pub fn check_pod(out: &JobOutput, handler: &str) {
     s.expect("pod_removed", "yes");
 }
 
-/// `restart`: a container restarts in the same, live sandbox.
-pub fn check_restart(out: &JobOutput) {
+/// `restart`: a container restarts in the same, live sandbox (for husk: its
+/// `husk-vmm` is among the sandbox's processes, and so survives too).
+pub fn check_restart(out: &JobOutput, handler: &str) {
     let s = Scenario::ok(out, "restart");
     s.expect("attempt0_exit_code", "1");
     s.expect("attempt0_reason", "Error");
@@ -303,7 +304,14 @@ pub fn check_restart(out: &JobOutput) {
     );
     // Every process of the sandbox before is still there after.
     let after = s.get("after_pod_processes");
-    for p in s.get("before_pod_processes").split(',') {
+    let before = s.get("before_pod_processes");
+    if handler == "husk" {
+        s.check(
+            before.split(',').any(|p| p.ends_with(":husk-vmm")),
+            "the Pod's husk-vmm is among its processes before the restarts",
+        );
+    }
+    for p in before.split(',') {
         s.check(
             after.split(',').any(|a| a == p),
             &format!("{p} is gone after the restarts"),
@@ -357,8 +365,10 @@ pub fn check_exec_tty(out: &JobOutput) {
     s.expect("tty_stderr_bytes", "0");
 }
 
-/// `volumes`: read-only hostPath, a shared directory, a configMap swap, /dev/shm.
-pub fn check_volumes(out: &JobOutput) {
+/// `volumes`: read-only hostPath, a shared directory, a configMap swap, /dev/shm,
+/// emptyDirs, subPaths, single files, /etc/hosts, and the Pod namespaces
+/// (`shareProcessNamespace`, `hostNetwork`).
+pub fn check_volumes(out: &JobOutput, handler: &str) {
     let s = Scenario::ok(out, "volumes");
     s.expect("ro_read", "read-only-data");
     s.check(
@@ -384,6 +394,72 @@ pub fn check_volumes(out: &JobOutput) {
     s.expect("shm_write", "shm-data");
     s.expect("shm_shared", "shm-data");
     s.expect("shm_fstype", "tmpfs");
+    check_empty_dirs(&s, handler);
+    check_files_and_namespaces(&s, handler);
+}
+
+/// `volumes`, the emptyDirs: `cache` shared by two containers (read-only in
+/// one, a subPath of it in the other), `mem` with its sizeLimit.
+fn check_empty_dirs(s: &Scenario, handler: &str) {
+    s.expect("emptydir_write_exit_code", "0");
+    s.expect("emptydir_read", "from-writer");
+    s.expect("emptydir_back_exit_code", "0");
+    s.expect("emptydir_read_back", "from-reader");
+    s.expect("emptydir_ro_read", "from-writer");
+    s.check(
+        s.num("emptydir_ro_write_exit_code") != 0,
+        "a write to a read-only emptyDir mount fails",
+    );
+    s.check(
+        s.get("emptydir_ro_write_error")
+            .contains("Read-only file system"),
+        "the failed emptyDir write is EROFS",
+    );
+    // The subPath `logs` shows the writer's file there, and nothing else of the volume.
+    s.expect("emptydir_subpath", "w.log\\nlog-line");
+    // medium: Memory with sizeLimit 8Mi.
+    s.expect("emptydir_mem_size_kib", "8192");
+    s.expect("emptydir_mem_write", "m");
+    if handler == "husk" {
+        // A guest tmpfs: the host directory never sees the containers' files.
+        s.expect("emptydir_fstype", "tmpfs");
+        s.expect("emptydir_host_sees_writes", "false");
+        s.expect("emptydir_host_subpath_entries", "0");
+    } else {
+        s.expect("emptydir_host_sees_writes", "true");
+        s.expect("emptydir_host_subpath_entries", "1");
+    }
+}
+
+/// `volumes`, the rest: a subPath of a host volume, a secret's file, the
+/// termination log, /etc/hosts, and the Pod namespaces.
+fn check_files_and_namespaces(s: &Scenario, handler: &str) {
+    s.expect("subpath_view", "inner\\ninner-data");
+    s.expect("secret_read", "s3cret");
+    s.check(
+        s.num("secret_write_exit_code") != 0
+            && s.get("secret_write_error")
+                .contains("Read-only file system"),
+        "the secret's file is read-only",
+    );
+    s.expect("termination_log_write_exit_code", "0");
+    s.expect("termination_log_host", "bye-from-writer");
+    let hosts = s.get("etc_hosts_line");
+    s.check(
+        hosts.starts_with("10.88.") && hosts.ends_with(" volumes-host"),
+        "kubelet's etc-hosts is the container's /etc/hosts",
+    );
+    s.expect("pid_isolated_sees_other", "no");
+    s.expect("sharepid_sees_other", "yes");
+    let hostnet = s.get("hostnet_result");
+    if handler == "husk" {
+        s.check(
+            hostnet.starts_with("error: ") && hostnet.contains("hostNetwork"),
+            "a hostNetwork Pod is refused with an error naming hostNetwork",
+        );
+    } else {
+        s.expect("hostnet_result", "ok");
+    }
 }
 
 /// `stats`: ContainerStats and ListContainerStats.
@@ -414,8 +490,9 @@ pub fn check_stats(out: &JobOutput) {
 }
 
 /// `cleanup`: nothing left after Stop + Remove; a pod had at least
-/// `min_pod_processes` processes on the host.
-pub fn check_cleanup(out: &JobOutput, min_pod_processes: u64) {
+/// `min_pod_processes` processes on the host. For husk also: a tap per Pod
+/// while they ran and none after, and nothing of them left in `/run/husk`.
+pub fn check_cleanup(out: &JobOutput, min_pod_processes: u64, handler: &str) {
     let s = Scenario::ok(out, "cleanup");
     s.expect("pods_started", "2");
     s.check(
@@ -435,8 +512,18 @@ pub fn check_cleanup(out: &JobOutput, min_pod_processes: u64) {
         "netns_dir_entries",
         "veths_left",
         "cgroups_left",
+        "taps_left",
+        "links_new_left",
     ] {
         s.expect(key, "0");
+    }
+    if handler == "husk" {
+        s.check(s.num("taps_before") >= 2, "a tap per Pod while they ran");
+        s.expect("run_dir_entries_before", "2");
+        s.expect("run_dir_entries_left", "0");
+        s.expect("run_dir_mounts_left", "0");
+    } else {
+        s.expect("taps_before", "0");
     }
 }
 

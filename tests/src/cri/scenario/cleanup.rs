@@ -7,6 +7,14 @@
 //! processes, any shim of this containerd, the runtime's helper processes,
 //! mounts under containerd's base, the network namespaces, veth devices and
 //! the pods' cgroups. Run last, it also catches leaks of earlier scenarios.
+//!
+//! The host's links (`ip -o -d link`) are noted before the pods start: after,
+//! no new one may be left (the CNI bridge aside), and no tap device anywhere,
+//! on the host or in a network namespace of `/var/run/netns` (a VM runtime's
+//! NIC backend; their number while the pods ran is reported too). A runtime
+//! with a run directory of its own ([`host::runtime_run_dir`], husk's
+//! `/run/husk`) must have no entry left for the removed sandboxes, and no
+//! mount under it.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -21,6 +29,7 @@ pub const NETNS_DIR: &str = "/var/run/netns";
 pub async fn run(ctx: &mut Ctx) -> Result<()> {
     let handler = ctx.handler();
     let image = ctx.opts.image.clone();
+    let links_before: BTreeSet<String> = host::links(None).into_iter().map(|l| l.name).collect();
     let mut pids = BTreeSet::new();
     let mut netns = Vec::new();
     let mut cgroups = Vec::new();
@@ -46,6 +55,12 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     ctx.say("pod_processes_before", pids.len());
     ctx.say("netns_before", netns.len());
     ctx.say("veths_before", host::veths(&ctx.opts.bridge).len());
+    ctx.say("taps_before", host::taps(Path::new(NETNS_DIR)).len());
+    let run_dir = host::runtime_run_dir(&handler);
+    if let Some(dir) = run_dir {
+        let present = pods.iter().filter(|p| dir.join(&p.id).exists()).count();
+        ctx.say("run_dir_entries_before", present);
+    }
 
     for pod in &pods {
         ctx.remove_pod(pod).await?;
@@ -61,7 +76,36 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     if left.is_err() {
         ctx.say("pod_processes_left_pids", format!("{alive:?}"));
     }
-    report_leftovers(ctx, &netns, &cgroups).await
+    report_leftovers(ctx, &netns, &cgroups).await?;
+    let taps = host::taps(Path::new(NETNS_DIR));
+    ctx.say("taps_left", taps.len());
+    if !taps.is_empty() {
+        ctx.say("tap_left", taps.join(","));
+    }
+    let new_links: Vec<String> = host::links(None)
+        .into_iter()
+        .map(|l| l.name)
+        .filter(|n| !links_before.contains(n) && *n != ctx.opts.bridge)
+        .collect();
+    ctx.say("links_new_left", new_links.len());
+    if !new_links.is_empty() {
+        ctx.say("link_left", new_links.join(","));
+    }
+    if let Some(dir) = run_dir {
+        let left: Vec<&str> = pods
+            .iter()
+            .filter(|p| dir.join(&p.id).exists())
+            .map(|p| p.id.as_str())
+            .collect();
+        ctx.say("run_dir_entries_left", left.len());
+        ctx.say("run_dir_all_entries", host::dir_entries(dir).join(","));
+        let mounts = host::mounts_under(dir);
+        ctx.say("run_dir_mounts_left", mounts.len());
+        for m in &mounts {
+            ctx.say("run_dir_mount_left", m);
+        }
+    }
+    Ok(())
 }
 
 /// Everything the machine still holds that a pod had made.
