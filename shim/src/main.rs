@@ -45,19 +45,31 @@ fn options_config_path() -> Option<std::path::PathBuf> {
         .map(Into::into)
 }
 
+/// husk's `log_level` becomes the shim's own: containerd-shim sets up the
+/// logger (containerd's log pipe) after `new`, from `default_log_level`. As
+/// with every containerd-shim, `RUST_LOG` overrides it, and containerd's
+/// `-debug` flag (its own debug level) raises it to debug.
+fn set_log_level(shim_config: &mut ShimConfig, config: &Config) {
+    shim_config.default_log_level = config.log_level.clone();
+}
+
 #[async_trait]
 impl Shim for HuskShim {
     type T = service::Service;
 
-    async fn new(_runtime_id: &str, args: &Flags, _config: &mut ShimConfig) -> Self {
+    async fn new(_runtime_id: &str, args: &Flags, shim_config: &mut ShimConfig) -> Self {
+        let config = Config::load(options_config_path().as_deref()).map_err(|e| {
+            let mut text = e.to_string();
+            if let Some(s) = std::error::Error::source(&e) {
+                text = format!("{text}: {s}");
+            }
+            text
+        });
+        if let Ok(c) = &config {
+            set_log_level(shim_config, c);
+        }
         HuskShim {
-            config: Config::load(options_config_path().as_deref()).map_err(|e| {
-                let mut text = e.to_string();
-                if let Some(s) = std::error::Error::source(&e) {
-                    text = format!("{text}: {s}");
-                }
-                text
-            }),
+            config,
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
             id: args.id.clone(),
@@ -100,4 +112,25 @@ impl Shim for HuskShim {
 #[tokio::main]
 async fn main() {
     run::<HuskShim>(RUNTIME_ID, None).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn husks_log_level_is_the_shims() {
+        for level in ["error", "warn", "info", "debug"] {
+            let mut shim_config = ShimConfig::default();
+            let config = Config {
+                log_level: level.into(),
+                ..Config::default()
+            };
+            set_log_level(&mut shim_config, &config);
+            assert_eq!(shim_config.default_log_level, level);
+            // containerd-shim parses it with `log`'s names.
+            let parsed: log::LevelFilter = level.parse().unwrap();
+            assert_eq!(parsed.as_str().to_lowercase(), level);
+        }
+    }
 }

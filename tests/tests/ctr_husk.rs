@@ -66,19 +66,80 @@ husk_containerd_purge
     )
 }
 
-/// Every feature case, one after the other, and then what they left behind.
-const FEATURES: &str = r#"sec uname husk_ctr run --rm $R "$IMG" t1 uname -r
+/// Every feature case, one after the other, and then what they left behind. `ctr events`
+/// runs for all of them (started and synchronised on a namespace event first).
+const FEATURES: &str = r#"evstart() {
+    husk_ctr events > "$HUSK_CTRD_BASE/events.log" 2>&1 &
+    EVPID=$!
+    _n=0
+    while [ $_n -lt 20 ]; do
+        husk_ctr namespaces create husk-evsync > /dev/null && husk_ctr namespaces remove husk-evsync > /dev/null || return 1
+        sleep 1
+        grep -q husk-evsync "$HUSK_CTRD_BASE/events.log" && return 0
+        _n=$((_n+1))
+    done
+    return 1
+}
+sec evstart evstart
+sec uname husk_ctr run --rm $R "$IMG" t1 uname -r
 sec exit3 husk_ctr run --rm $R "$IMG" t2 sh -c 'exit 3'
-big() { husk_ctr run --rm $R "$IMG" t3 head -c 10485760 /dev/zero | wc -c; }
+# ash has no pipefail: ctr's own status, then what arrived.
+big() { husk_ctr run --rm $R "$IMG" t3 head -c 10485760 /dev/zero > "$HUSK_CTRD_BASE/big.out"; _big=$?; wc -c < "$HUSK_CTRD_BASE/big.out"; rm -f "$HUSK_CTRD_BASE/big.out"; return $_big; }
 sec big big
-sec detached husk_ctr run -d $R "$IMG" long sh -c 'trap "exit 0" TERM; while :; do sleep 1; done'
+# dd's 64 MiB buffer against a 32 MiB limit: the guest's OOM killer ends it.
+sec oom husk_ctr run --rm $R --memory-limit 33554432 "$IMG" oom1 dd if=/dev/zero of=/dev/null bs=67108864 count=1
+# A counter the host can read in the container's rootfs (shared over virtio-fs; renamed
+# into place, so a read never sees it half written), and a sleep that stays, so that ps
+# has two processes whenever it looks.
+sec detached husk_ctr run -d $R "$IMG" long sh -c 'trap "exit 0" TERM; sleep 1000000 & i=0; while :; do i=$((i+1)); echo $i > /count.new; mv /count.new /count; sleep 0.2; done'
+CNT=/run/husk/long/shared/long/rootfs/count
 sec exec husk_ctr task exec --exec-id e1 long sh -c 'echo exec-ok; exit 4'
 sec ps husk_ctr task ps long
 sec metrics husk_ctr task metrics long
-sec pause husk_ctr task pause long
-paused() { husk_ctr task ls | grep long; }
-sec paused paused
-sec resume husk_ctr task resume long
+pausecheck() {
+    husk_ctr task pause long || return 1
+    husk_ctr task ls | grep "^long "
+    _a=$(cat $CNT); sleep 3; echo "paused_counter $_a $(cat $CNT)"
+    husk_ctr task resume long || return 1
+    sleep 3; echo "resumed_counter $(cat $CNT)"
+    husk_ctr task ls | grep "^long "
+}
+sec pause pausecheck
+ckpt() {
+    husk_ctr task checkpoint long; echo "checkpoint_exit $?"
+    husk_ctr task ls | grep "^long "
+    _a=$(cat $CNT); sleep 3; echo "counter_after $_a $(cat $CNT)"
+}
+sec checkpoint ckpt
+# ctr 1.6 has no `task update`: containerd's Tasks.Update over gRPC, with curl (h2c on
+# containerd's socket). The request is protobuf by hand: fields under 128 bytes.
+pbfield() { printf "\\$(printf %o "$1")\\$(printf %o "$(wc -c < "$2")")"; cat "$2"; }
+ctr_update() {
+    command -v curl > /dev/null || { echo "curl is needed for Tasks.Update"; return 1; }
+    _d="$HUSK_CTRD_BASE/update"; mkdir -p "$_d"
+    printf %s "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources" > "$_d/url"
+    printf %s "$2" > "$_d/value"
+    { pbfield 10 "$_d/url"; pbfield 18 "$_d/value"; } > "$_d/any"
+    printf %s "$1" > "$_d/id"
+    { pbfield 10 "$_d/id"; pbfield 18 "$_d/any"; } > "$_d/msg"
+    { printf '\0\0\0\0'; printf "\\$(printf %o "$(wc -c < "$_d/msg")")"; cat "$_d/msg"; } > "$_d/req"
+    curl -sS --http2-prior-knowledge --unix-socket "$HUSK_CTRD_BASE/containerd.sock" \
+        -H 'content-type: application/grpc' -H 'te: trailers' -H 'containerd-namespace: husk' \
+        --data-binary @"$_d/req" -D "$_d/headers" -o "$_d/reply" \
+        http://localhost/containerd.services.tasks.v1.Tasks/Update || return 1
+    tr -d '\r' < "$_d/headers" | grep '^grpc-'
+    tr -d '\r' < "$_d/headers" | grep -q '^grpc-status: 0$'
+}
+# ctr's default spec mounts no cgroup file system in the container, so the limit is seen
+# from the agent (metrics) and felt by a 96 MiB allocation (dd's buffer) in the container.
+memhog() { husk_ctr task exec --exec-id "hog$1" long dd if=/dev/zero of=/dev/null bs=100663296 count=1 2> /dev/null; echo $?; }
+updatecase() {
+    echo "hog_before $(memhog 0)"
+    ctr_update long '{"memory":{"limit":67108864}}' || return 1
+    husk_ctr task metrics long | grep 'memory\.usage_limit'
+    echo "hog_after $(memhog 1)"
+}
+sec update updatecase
 sec term husk_ctr task kill -s TERM long
 sec stopped waitstop long
 sec rmlong rmc long
@@ -86,6 +147,19 @@ sec victim husk_ctr run -d $R "$IMG" victim sleep 1000
 killvmm() { _t=$(husk_ms); pkill -9 -f "/run/husk/victim/" || return 1; waitstop victim || return 1; echo "exit_seen_ms $(( $(husk_ms) - _t ))"; }
 sec killvmm killvmm
 sec rmvictim rmc victim
+# At once: the shim gets a moment to exit after containerd's Shutdown, nothing else.
+victimleft() {
+    _i=0
+    while pgrep -f "containerd-shim-husk-v2 .*-id victim " > /dev/null && [ $_i -lt 20 ]; do sleep 0.1; _i=$((_i+1)); done
+    echo "shim_waited_ms $((_i * 100))"
+    echo "shims $(pgrep -c -f "containerd-shim-husk-v2 .*-id victim ")"
+    echo "vmms $(pgrep -c -f "/run/husk/victim/")"
+    echo "dirs $(ls -d /run/husk/victim 2>/dev/null | wc -l)"
+    echo "mounts $(grep -c " /run/husk/victim" /proc/mounts)"
+}
+sec victimleft victimleft
+vmmdeath() { grep -A 70 -F "sandbox /run/husk/victim: husk-vmm exited" "$HUSK_CTRD_BASE/containerd.log" | head -n 70; }
+sec vmmdeath vmmdeath
 sec shimvictim husk_ctr run -d $R "$IMG" shimkill sleep 1000
 gone() { _i=0; while [ $_i -lt 100 ]; do husk_ctr task ls | grep -q "^$1 .*RUNNING" || return 0; sleep 0.1; _i=$((_i+1)); done; return 1; }
 killshim() { pkill -9 -f "containerd-shim-husk-v2 .*-id shimkill" || return 1; gone shimkill || return 1; husk_ctr task delete shimkill 2>/dev/null; husk_ctr container delete shimkill; }
@@ -135,6 +209,17 @@ sec netrm netrm
 netleft() { sleep 1; tc -n husk-t qdisc show dev eth0 | grep -c ingress; ip -n husk-t link show tap0_husk 2>/dev/null | grep -c tap0_husk; ip netns del husk-t; ip link show husk-h 2>/dev/null | grep -c husk-h; true; }
 sec netleft netleft
 sec hostnet husk_ctr run --rm $R --net-host "$IMG" hn true
+# The config's log_level = "debug": the guest's lines reach containerd's log.
+shimlog() {
+    _l="$HUSK_CTRD_BASE/containerd.log"
+    echo "agent_lines $(grep -c 'msg="guest agent: ' "$_l")"
+    echo "console_lines $(grep -c 'msg="guest console: ' "$_l")"
+    grep -m 1 'msg="guest agent: ' "$_l"
+    grep -m 1 'msg="guest console: ' "$_l"
+}
+sec shimlog shimlog
+evstop() { kill $EVPID; wait $EVPID 2> /dev/null; cat "$HUSK_CTRD_BASE/events.log"; }
+sec events evstop
 sec leftovers leftovers
 "#;
 
@@ -244,8 +329,28 @@ fn ten_mib_of_output_all_arrive() {
     let Some(out) = run("ten_mib_of_output_all_arrive", Part::Features) else {
         return;
     };
+    // Exit 0 is ctr's own status (the output went to a file, not through a pipe).
     let body = step(out, "big", 0);
     assert_eq!(body.trim(), "10485760", "{body}");
+}
+
+/// The numbers of a `NAME n m ...` line of `body`.
+fn numbers(body: &str, name: &str) -> Vec<u64> {
+    common::line_value(body, &format!("{name} "))
+        .split_whitespace()
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("{name}: {n:?} is no number:\n{body}"))
+        })
+        .collect()
+}
+
+/// The STATUS column of `ctr task ls` lines for `id` in `body`, in order.
+fn task_states<'a>(body: &'a str, id: &str) -> Vec<&'a str> {
+    body.lines()
+        .filter(|l| l.split_whitespace().next() == Some(id))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect()
 }
 
 #[test]
@@ -259,8 +364,16 @@ fn exec_ps_metrics_pause_resume_and_term_on_a_detached_container() {
     step(out, "detached", 0);
     let exec = step(out, "exec", 4);
     assert!(exec.contains("exec-ok"), "{exec}");
+    // `sh` and its lasting `sleep` (and the loop's `sleep` at times), by guest pid.
     let ps = step(out, "ps", 0);
-    assert!(ps.lines().count() >= 2, "no processes listed:\n{ps}");
+    let pids: Vec<u32> = ps
+        .lines()
+        .skip_while(|l| !l.starts_with("PID"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .filter(|&pid| pid > 0)
+        .collect();
+    assert!(pids.len() >= 2, "not sh and sleep:\n{ps}");
     let metrics = step(out, "metrics", 0);
     let usage: u64 = metrics
         .lines()
@@ -268,12 +381,187 @@ fn exec_ps_metrics_pause_resume_and_term_on_a_detached_container() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no memory.usage in:\n{metrics}"));
     assert!(usage > 0, "memory.usage is 0:\n{metrics}");
-    let paused = step(out, "paused", 0);
-    assert!(paused.contains("PAUSED"), "{paused}");
-    step(out, "resume", 0);
+    let pause = step(out, "pause", 0);
+    assert_eq!(
+        task_states(pause, "long"),
+        ["PAUSED", "RUNNING"],
+        "the states after pause and after resume:\n{pause}"
+    );
+    let frozen = numbers(pause, "paused_counter");
+    assert!(frozen[0] > 0, "the counter never ran:\n{pause}");
+    assert_eq!(
+        frozen[0], frozen[1],
+        "the counter ran while PAUSED:\n{pause}"
+    );
+    let resumed = numbers(pause, "resumed_counter");
+    assert!(
+        resumed[0] > frozen[1],
+        "the counter stayed after resume:\n{pause}"
+    );
     step(out, "term", 0);
     step(out, "stopped", 0);
     step(out, "rmlong", 0);
+}
+
+#[test]
+fn checkpoint_is_refused_and_the_task_keeps_running() {
+    let Some(out) = run(
+        "checkpoint_is_refused_and_the_task_keeps_running",
+        Part::Features,
+    ) else {
+        return;
+    };
+    let body = step(out, "checkpoint", 0);
+    assert_ne!(
+        numbers(body, "checkpoint_exit"),
+        [0],
+        "checkpoint succeeded:\n{body}"
+    );
+    assert!(
+        body.contains("checkpoint is not supported by husk") && body.contains("not implemented"),
+        "not a clear UNIMPLEMENTED error:\n{body}"
+    );
+    // ctr pauses around a checkpoint and resumes after it, failed or not.
+    assert_eq!(task_states(body, "long"), ["RUNNING"], "{body}");
+    let counter = numbers(body, "counter_after");
+    assert!(counter[1] > counter[0], "the task stopped running:\n{body}");
+}
+
+#[test]
+fn update_changes_the_memory_limit_in_the_guest() {
+    let Some(out) = run(
+        "update_changes_the_memory_limit_in_the_guest",
+        Part::Features,
+    ) else {
+        return;
+    };
+    let body = step(out, "update", 0);
+    assert_eq!(
+        common::line_value(body, "hog_before "),
+        "0",
+        "96 MiB did not fit before the update:\n{body}"
+    );
+    assert!(body.contains("grpc-status: 0"), "{body}");
+    assert_eq!(
+        common::line_value(body, "memory.usage_limit "),
+        "67108864",
+        "ctr task metrics shows another limit:\n{body}"
+    );
+    assert_eq!(
+        common::line_value(body, "hog_after "),
+        "137",
+        "96 MiB still fit under the new 64 MiB limit:\n{body}"
+    );
+}
+
+#[test]
+fn a_container_over_its_memory_limit_is_oom_killed() {
+    let Some(out) = run(
+        "a_container_over_its_memory_limit_is_oom_killed",
+        Part::Features,
+    ) else {
+        return;
+    };
+    // ctr run exits with the task's status: SIGKILL from the OOM killer. The TaskOOM
+    // event is checked with the other events.
+    step(out, "oom", 137);
+}
+
+/// `ctr events` lines as (topic, event).
+fn events(text: &str) -> Vec<(&str, serde_json::Value)> {
+    text.lines()
+        .filter_map(|l| {
+            let topic = l.split_whitespace().find(|w| w.starts_with("/tasks/"))?;
+            let event = serde_json::from_str(&l[l.find('{')?..]).ok()?;
+            Some((topic, event))
+        })
+        .collect()
+}
+
+/// Whether `event` has `want`'s fields. containerd's JSON leaves zeros and empty
+/// strings out, so a missing field matches them.
+fn has_fields(event: &serde_json::Value, want: &serde_json::Value) -> bool {
+    let Some(want) = want.as_object() else {
+        return false;
+    };
+    want.iter().all(|(k, v)| match event.get(k) {
+        Some(got) => got == v,
+        None => v == 0 || v == "",
+    })
+}
+
+#[test]
+fn containerd_gets_every_task_event() {
+    use serde_json::json;
+    let Some(out) = run("containerd_gets_every_task_event", Part::Features) else {
+        return;
+    };
+    step(out, "evstart", 0);
+    let text = step(out, "events", 0);
+    let got = events(text);
+    let want = [
+        ("/tasks/create", json!({"container_id": "t2"})),
+        ("/tasks/start", json!({"container_id": "t2"})),
+        (
+            "/tasks/exit",
+            json!({"container_id": "t2", "id": "t2", "exit_status": 3}),
+        ),
+        (
+            "/tasks/delete",
+            json!({"container_id": "t2", "exit_status": 3}),
+        ),
+        (
+            "/tasks/exec-added",
+            json!({"container_id": "long", "exec_id": "e1"}),
+        ),
+        (
+            "/tasks/exec-started",
+            json!({"container_id": "long", "exec_id": "e1"}),
+        ),
+        (
+            "/tasks/exit",
+            json!({"container_id": "long", "id": "e1", "exit_status": 4}),
+        ),
+        ("/tasks/oom", json!({"container_id": "long"})),
+        (
+            "/tasks/exit",
+            json!({"container_id": "long", "id": "hog1", "exit_status": 137}),
+        ),
+        ("/tasks/paused", json!({"container_id": "long"})),
+        ("/tasks/resumed", json!({"container_id": "long"})),
+        (
+            "/tasks/exit",
+            json!({"container_id": "long", "id": "long", "exit_status": 0}),
+        ),
+        ("/tasks/delete", json!({"container_id": "long"})),
+        ("/tasks/oom", json!({"container_id": "oom1"})),
+        (
+            "/tasks/exit",
+            json!({"container_id": "oom1", "id": "oom1", "exit_status": 137}),
+        ),
+        ("/tasks/delete", json!({"container_id": "oom1"})),
+    ];
+    for (topic, fields) in &want {
+        assert!(
+            got.iter().any(|(t, e)| t == topic && has_fields(e, fields)),
+            "containerd got no {topic} {fields}; it got:\n{text}"
+        );
+    }
+    // TaskExit carries the time of the exit.
+    for (_, e) in got.iter().filter(|(t, _)| *t == "/tasks/exit") {
+        let at = &e["exited_at"];
+        assert!(
+            !at.is_null() && !at.to_string().contains("0001-01-01"),
+            "an exit without its time: {e}"
+        );
+    }
+    // The /tasks/start pid is the one the exit reports.
+    let pid_of = |topic: &str| {
+        got.iter()
+            .find(|(t, e)| *t == topic && e["container_id"] == "t2" && e["id"] != "e1")
+            .map(|(_, e)| e["pid"].clone())
+    };
+    assert_eq!(pid_of("/tasks/start"), pid_of("/tasks/exit"), "{text}");
 }
 
 #[test]
@@ -291,6 +579,64 @@ fn a_killed_vmm_ends_the_task_within_5_seconds() {
         .expect("ms");
     assert!(ms <= 5000, "containerd saw the exit after {ms} ms");
     step(out, "rmvictim", 0);
+    // Right after the deletes: its shim, VMM, run directory and mounts are gone.
+    let left = step(out, "victimleft", 0);
+    for what in ["shims", "vmms", "dirs", "mounts"] {
+        assert_eq!(
+            common::line_value(left, &format!("{what} ")),
+            "0",
+            "the victim's {what} remain:\n{left}"
+        );
+    }
+}
+
+#[test]
+fn a_dead_vmm_leaves_its_log_tails_in_containerds_log() {
+    let Some(out) = run(
+        "a_dead_vmm_leaves_its_log_tails_in_containerds_log",
+        Part::Features,
+    ) else {
+        return;
+    };
+    // The run directory (console.log, agent.log, vmm.log) is gone with the VM; what
+    // stays is the shim's error with their tails.
+    let body = step(out, "vmmdeath", 0);
+    assert!(
+        body.contains("husk-vmm exited"),
+        "no error for the dead VMM in containerd's log:\n{body}"
+    );
+    for marker in [
+        "--- husk-vmm log (tail) ---",
+        "--- guest console (tail) ---",
+        "--- guest agent log (tail) ---",
+    ] {
+        let after = body
+            .split_once(marker)
+            .map(|(_, rest)| rest.trim_start_matches('\n'))
+            .unwrap_or_else(|| panic!("no {marker:?} in:\n{body}"));
+        let first = after.lines().next().unwrap_or_default();
+        assert!(
+            !first.is_empty() && !first.starts_with("---") && !first.starts_with("time="),
+            "{marker} is empty:\n{body}"
+        );
+    }
+}
+
+#[test]
+fn debug_level_puts_guest_lines_in_containerds_log() {
+    let Some(out) = run(
+        "debug_level_puts_guest_lines_in_containerds_log",
+        Part::Features,
+    ) else {
+        return;
+    };
+    let body = step(out, "shimlog", 0);
+    for what in ["agent_lines", "console_lines"] {
+        let n: u64 = common::line_value(body, &format!("{what} "))
+            .parse()
+            .expect("a count");
+        assert!(n > 0, "no {what} in containerd's log:\n{body}");
+    }
 }
 
 #[test]

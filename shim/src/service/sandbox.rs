@@ -200,7 +200,9 @@ impl Sandbox {
             })?;
         }
         tokio::spawn(forward_agent_logs(agent.clone(), run_dir.join("agent.log")));
-        if config.log_level == "debug" {
+        // At debug level (husk's log_level, or containerd's -debug), follow
+        // the guest console into the shim's log too.
+        if log::log_enabled!(log::Level::Debug) {
             tokio::spawn(forward_console(run_dir.join("console.log")));
         }
         let gone = Arc::new(Mutex::new(None));
@@ -342,6 +344,13 @@ async fn forward_console(path: PathBuf) {
     }
 }
 
+/// The last 20 lines of the file at `path` ("" if unreadable).
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
 /// Owns the VMM: reports its death, or shuts it down when asked.
 async fn monitor(
     mut vm: RunningVm,
@@ -359,7 +368,14 @@ async fn monitor(
                 Err(e) if e.raw_os_error() == Some(libc::ECHILD) => "husk-vmm exited".to_owned(),
                 Err(e) => format!("waiting for husk-vmm: {e}"),
             };
-            log::error!("{why}{}", vm.diagnostics());
+            // The run directory, and the logs in it, go with the VM: their
+            // tails stay in the shim's log (containerd's).
+            let agent_log = log_tail(&vm.run_dir().join("agent.log"));
+            log::error!(
+                "sandbox {}: {why}{}\n--- guest agent log (tail) ---\n{agent_log}",
+                vm.run_dir().display(),
+                vm.diagnostics()
+            );
             *gone.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
             // Dropping the VM removes its run directory.
         }

@@ -29,6 +29,9 @@ use super::{Container, ServiceError};
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
+/// How long Shutdown waits for queued events to reach containerd.
+const EVENTS_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The shim's task service.
 pub struct Service {
     config: Config,
@@ -781,6 +784,10 @@ impl Task for Service {
         }
         if let Some(sandbox) = self.sandbox.lock().await.take() {
             sandbox.shutdown().await;
+        }
+        // The process ends after this answer: publish what is queued first.
+        if !self.events.flush(EVENTS_FLUSH_LIMIT).await {
+            log::warn!("exiting with events not yet published to containerd");
         }
         self.exit.signal();
         Ok(api::Empty::new())
