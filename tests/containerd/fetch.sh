@@ -1,16 +1,28 @@
 #!/bin/sh
-# Fetches containerd from another Debian suite into a cache directory,
-# without installing them and without touching the system's apt configuration:
-#   trixie -> containerd 1.7, sid -> containerd 2.x.
-# Prints the directory to pass as HUSK_CONTAINERD_BIN. runc stays the system's (bookworm's
-# 1.1): the newer suites' runc needs a newer glibc, their containerd (Go, libc only) does
-# not. Idempotent; see docs/containerd-tests.md.
+# Fetches a package from another Debian suite into a cache directory, without installing
+# it and without touching the system's apt configuration:
+#   fetch.sh trixie         -> containerd 1.7
+#   fetch.sh sid            -> containerd 2.x
+#   fetch.sh sid runsc      -> gVisor's runsc (bookworm's 20221219 cannot start a CRI
+#                              container; sid's is a static Go binary that runs here)
+# Prints the package's usr/bin directory: HUSK_CONTAINERD_BIN for containerd,
+# HUSK_RUNSC_BIN for runsc. runc stays the system's (bookworm's 1.1): the newer suites'
+# runc needs a newer glibc, their containerd and runsc (Go) do not. Idempotent; see
+# docs/containerd-tests.md.
 #
 #   tests/containerd/fetch.sh trixie      # /var/cache/husk/containerd/trixie/<version>/usr/bin
+#   tests/containerd/fetch.sh sid runsc   # /var/cache/husk/runsc/sid/<version>/usr/bin
 set -eu
-suite=${1:?usage: fetch.sh SUITE (trixie, sid)}
-cache=${HUSK_CACHE_DIR:-/var/cache/husk}/containerd/$suite
-apt=$cache/apt
+suite=${1:?usage: fetch.sh SUITE (trixie, sid) [PACKAGE (containerd, runsc)]}
+package=${2:-containerd}
+case $package in
+    containerd) probe="containerd --version" ;;
+    runsc) probe="runsc --version" ;;
+    *) echo "fetch.sh: unknown package $package (containerd, runsc)" >&2; exit 2 ;;
+esac
+cache=${HUSK_CACHE_DIR:-/var/cache/husk}/$package/$suite
+# One private apt per suite, shared by the packages fetched from it.
+apt=${HUSK_CACHE_DIR:-/var/cache/husk}/containerd/$suite/apt
 mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/debs" "$apt/empty.d"
 echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" \
     >"$apt/sources.list"
@@ -23,15 +35,15 @@ aptp() {
 }
 aptp update >&2
 cd "$apt/debs"
-rm -f ./*.deb
-aptp download containerd >&2
-version=$(dpkg-deb -f containerd_*.deb Version)
+rm -f ./"${package}"_*.deb
+aptp download "$package" >&2
+version=$(dpkg-deb -f "${package}"_*.deb Version)
 root=$cache/$version
 if [ ! -e "$root/.complete" ]; then
     rm -rf "$root"
     mkdir -p "$root"
-    dpkg-deb -x containerd_*.deb "$root"
-    "$root/usr/bin/containerd" --version >&2
+    dpkg-deb -x "${package}"_*.deb "$root"
+    "$root/usr/bin/"$probe >&2
     touch "$root/.complete"
 fi
 echo "$root/usr/bin"

@@ -61,7 +61,10 @@ pub struct Handler {
 }
 
 /// The handlers `husk-cri-bench` compares. gVisor's `runsc` is served by runc's
-/// shim: Debian packages no `containerd-shim-runsc-v1`.
+/// shim: Debian packages no `containerd-shim-runsc-v1`. Its binary is
+/// `$HUSK_RUNSC_BIN/runsc` when that is set ([`RUNSC_BIN_ENV`], e.g. from
+/// `tests/containerd/fetch.sh trixie runsc`). No Debian runsc completes a Pod's
+/// life under runc's shim yet: see `docs/benchmarks.md`, "gVisor".
 pub const HANDLERS: &[Handler] = &[
     Handler {
         name: "runc",
@@ -89,9 +92,23 @@ pub const HANDLERS: &[Handler] = &[
     },
 ];
 
+/// The directory of the `runsc` to use instead of `/usr/bin/runsc`.
+pub const RUNSC_BIN_ENV: &str = "HUSK_RUNSC_BIN";
+
 /// The known handler `name`.
 pub fn handler(name: &str) -> Option<&'static Handler> {
     HANDLERS.iter().find(|h| h.name == name)
+}
+
+/// The runtime binary of `h` on this machine: its [`Handler::binary`], or for
+/// `runsc` the one in `$HUSK_RUNSC_BIN` when that is set.
+fn handler_binary(h: &Handler) -> Option<String> {
+    match std::env::var(RUNSC_BIN_ENV) {
+        Ok(dir) if h.name == "runsc" && !dir.is_empty() => {
+            Some(Path::new(&dir).join("runsc").display().to_string())
+        }
+        _ => h.binary.map(str::to_string),
+    }
 }
 
 /// [`containerd`] with the known handlers `names` (runc is always there); an
@@ -108,14 +125,14 @@ pub fn containerd_for(base: &str, names: &[String]) -> Result<Containerd, CriJob
                 known.join(", ")
             ))
         })?;
-        if let Some(binary) = h.binary {
-            if !Path::new(binary).is_file() {
+        if let Some(binary) = handler_binary(h) {
+            if !Path::new(&binary).is_file() {
                 return Err(CriJobError::Handler(format!(
                     "{binary} is not installed: apt-get install {}",
                     h.package
                 )));
             }
-            binaries.push((h.name.to_string(), binary.to_string()));
+            binaries.push((h.name.to_string(), binary));
         }
         runtimes.push((h.name.to_string(), h.runtime_type.to_string()));
     }

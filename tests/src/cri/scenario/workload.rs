@@ -4,8 +4,9 @@
 //!
 //! - `cpu_*`: a compute loop; `syscalls_*`: getpid, open+close, fork+exit;
 //! - `io_rootfs_*` and `io_emptydir_*`: sequential and random I/O and small-file
-//!   operations on the container's root file system and on a host directory
-//!   mounted as kubelet mounts an emptyDir;
+//!   operations on the container's root file system and on an emptyDir, a host
+//!   directory at kubelet's path for one (`pods/<uid>/volumes/kubernetes.io~empty-dir/`),
+//!   which runc binds from the host and husk keeps in the guest (a tmpfs);
 //! - `host_pod_*`: TCP throughput and round trips from the host to a server in
 //!   the pod, at the pod IP; `pod_pod_*`: the same from a second pod.
 //!
@@ -30,7 +31,8 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     let handler = ctx.handler();
     let image = ctx.opts.image.clone();
     let host_probe = host_probe()?;
-    let empty_dir = ctx.scratch("workload-emptydir")?;
+    let empty_dir =
+        ctx.scratch("workload-kubelet/pods/workload/volumes/kubernetes.io~empty-dir/data")?;
 
     let pod = ctx.run_pod("workload", "workload", &handler).await?;
     let mut config = container_config("probe", 0, &image, IDLE);
