@@ -137,6 +137,56 @@ scenario!(
     "pids=20"
 );
 scenario!(
+    cpu_limits_show_in_cpu_max_and_cpu_weight_and_update_changes_them,
+    "cpu",
+    "cpu.max=50000/100000",
+    "weight=174",
+    "updated=20000/100000",
+    "weight=59",
+    "throttled-periods="
+);
+scenario!(
+    io_counters_read_zero_without_a_block_device_and_io_limits_are_refused_clearly,
+    "io",
+    "io-bytes=0",
+    "block-devices=0",
+    "limits-refused"
+);
+scenario!(
+    exec_runs_in_the_containers_cgroup_as_the_requested_user_with_its_env,
+    "exec-identity",
+    "uid=1000",
+    "groups=2000,3000",
+    "FOO=bar",
+    "cgroup=/husk/exec-id",
+    "namespaces=init's"
+);
+scenario!(
+    close_stdin_ends_a_container_process_after_its_input_was_echoed,
+    "close-stdin",
+    "echoed",
+    "exit=0"
+);
+scenario!(
+    ipc_is_private_unless_shared_and_the_network_is_the_vms_unless_asked,
+    "namespaces",
+    "ipc-own",
+    "ipc-vm-when-absent",
+    "ipc-joined-by-path",
+    "net-shared-with-vm",
+    "net-own=lo"
+);
+scenario!(
+    readonly_paths_and_bind_mounts_from_the_share_hold,
+    "ro-paths",
+    "readonly-dir",
+    "readonly-file",
+    "neighbours-writable",
+    "bind-rw",
+    "bind-ro",
+    "bind-file-ro"
+);
+scenario!(
     removing_containers_leaves_nothing_behind,
     "cleanup",
     "cleanup ok"

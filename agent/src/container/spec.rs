@@ -68,6 +68,47 @@ fn check_process(process: &Process) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// Refuses io limits (`linux.resources.blockIO`). The guest has no block device: the rootfs
+/// and volumes come through virtio-fs and scratch space is tmpfs, so containers do no block
+/// io. The limits name host devices (`major:minor`) that do not exist in the guest, or a
+/// weight among devices there are none of, and libcgroups' write of `io.max` or `io.weight`
+/// would fail deep inside creation with ENODEV or ENOENT and no reason. An empty `blockIO`
+/// (or a weight of 0) asks nothing and passes.
+fn check_block_io(resources: Option<&LinuxResources>) -> Result<(), SpecError> {
+    let Some(io) = resources.and_then(|r| r.block_io().as_ref()) else {
+        return Ok(());
+    };
+    let some = |v: &Option<Vec<_>>| v.as_ref().is_some_and(|v: &Vec<_>| !v.is_empty());
+    let mut set = Vec::new();
+    if io.weight().is_some_and(|w| w > 0) {
+        set.push("weight");
+    }
+    if io.leaf_weight().is_some_and(|w| w > 0) {
+        set.push("leafWeight");
+    }
+    if io.weight_device().as_ref().is_some_and(|d| !d.is_empty()) {
+        set.push("weightDevice");
+    }
+    for (name, devices) in [
+        ("throttleReadBpsDevice", io.throttle_read_bps_device()),
+        ("throttleWriteBpsDevice", io.throttle_write_bps_device()),
+        ("throttleReadIOPSDevice", io.throttle_read_iops_device()),
+        ("throttleWriteIOPSDevice", io.throttle_write_iops_device()),
+    ] {
+        if some(devices) {
+            set.push(name);
+        }
+    }
+    if set.is_empty() {
+        return Ok(());
+    }
+    Err(SpecError::Invalid(format!(
+        "linux.resources.blockIO ({}) is not supported: the guest has no block device to \
+         apply io limits to (its files come through virtio-fs)",
+        set.join(", ")
+    )))
+}
+
 /// Parses a container's spec and adjusts it for the guest.
 pub fn prepare_spec(bytes: &[u8], container_id: &str, tty: bool) -> Result<Spec, SpecError> {
     let mut spec: Spec = parse("the OCI spec", bytes)?;
@@ -86,6 +127,7 @@ pub fn prepare_spec(bytes: &[u8], container_id: &str, tty: bool) -> Result<Spec,
     process.set_terminal(Some(tty));
     spec.set_hooks(None);
     let mut linux = spec.linux().clone().unwrap_or_default();
+    check_block_io(linux.resources().as_ref())?;
     linux.set_cgroups_path(Some(PathBuf::from(cgroup::spec_path(container_id))));
     spec.set_linux(Some(linux));
     Ok(spec)
@@ -101,7 +143,9 @@ pub fn prepare_process(bytes: &[u8]) -> Result<(Process, bool), SpecError> {
 
 /// Parses OCI `linux.resources` for UpdateContainer.
 pub fn parse_resources(bytes: &[u8]) -> Result<LinuxResources, SpecError> {
-    parse("the OCI resources", bytes)
+    let resources = parse("the OCI resources", bytes)?;
+    check_block_io(Some(&resources))?;
+    Ok(resources)
 }
 
 #[cfg(test)]
@@ -183,6 +227,33 @@ mod tests {
         assert!(tty);
         assert_eq!(p.args().as_ref().unwrap()[0], "ls");
         assert!(prepare_process(br#"{"args":["ls"],"cwd":"rel"}"#).is_err());
+    }
+
+    #[test]
+    fn io_limits_are_refused_with_the_reason_and_empty_block_io_passes() {
+        for io in [
+            r#"{"weight": 500}"#,
+            r#"{"weightDevice": [{"major": 8, "minor": 0, "weight": 100}]}"#,
+            r#"{"throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}]}"#,
+            r#"{"throttleWriteIOPSDevice": [{"major": 253, "minor": 0, "rate": 10}]}"#,
+        ] {
+            let resources = format!(r#"{{"blockIO": {io}}}"#);
+            let e = parse_resources(resources.as_bytes()).unwrap_err();
+            assert!(matches!(e, SpecError::Invalid(_)), "{io}: {e}");
+            assert!(e.to_string().contains("no block device"), "{e}");
+            let spec = SPEC.replace(
+                r#""cgroupsPath""#,
+                &format!(r#""resources": {resources}, "cgroupsPath""#),
+            );
+            let e = prepare_spec(spec.as_bytes(), "c1", false).unwrap_err();
+            assert!(e.to_string().contains("blockIO"), "{io}: {e}");
+        }
+        for harmless in [
+            r#"{"blockIO": {}}"#,
+            r#"{"blockIO": {"weight": 0, "throttleReadBpsDevice": []}}"#,
+        ] {
+            parse_resources(harmless.as_bytes()).unwrap();
+        }
     }
 
     #[test]

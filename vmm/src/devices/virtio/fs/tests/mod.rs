@@ -7,6 +7,7 @@ mod confinement;
 mod device;
 mod hostile;
 mod ops;
+mod race;
 
 use std::ffi::CString;
 use std::mem::size_of;

@@ -2,13 +2,19 @@
 //! container VM tests and benchmark. Runs on the KVM host next to `husk-vmm`.
 //!
 //! ```text
-//! husk-ctr-check check --run-dir DIR --share DIR --busybox PATH [--tag TAG]
+//! husk-ctr-check check --run-dir DIR --share DIR --busybox PATH [--tag TAG] [--only A,B]
 //! husk-ctr-check bench --run-dir DIR --share DIR --busybox PATH [--tag TAG] [--n N]
 //! ```
 //! The VM must export `--share` with virtio-fs under `--tag`. Each container's rootfs is a
 //! busybox tree the tool writes into the share (`<share>/<id>/rootfs`), which the guest sees
 //! under `/run/husk/shared`. `check` prints `CHECK <name> ok ...` per scenario and exits
-//! non-zero on the first failure.
+//! non-zero on the first failure. The scenarios of `limits`, `process` and `confinement` cover
+//! the rest of the engine's "what to build" list (cgroup cpu limits and io, exec identity,
+//! CloseStdin, ipc and network namespaces, readonly paths and bind mounts).
+
+mod confinement;
+mod limits;
+mod process;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -467,10 +473,26 @@ async fn fork_bomb(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-const SECURITY_PROBE: &str = "touch /newfile 2>&1; echo touch-rc=$?; \
-    echo secret=$(cat /etc/secret); \
-    ping -c 1 -W 1 127.0.0.1 >/tmp/ping 2>&1; echo ping-rc=$?; cat /tmp/ping; \
-    mkdir /tmp/d 2>&1; echo mkdir-rc=$?";
+/// `p NAME CMD` runs `CMD` with `sh -c` and prints one line: `NAME: rc=N` and what `CMD`
+/// printed (stdout and stderr, lines joined by spaces). A check then reads a command's exit
+/// code and its message together, not a message from anywhere in the output.
+const PROBE_FN: &str = "p() { out=$(sh -c \"$2\" 2>&1); echo \"$1: rc=$?\" $out; }; ";
+
+/// The exit code and output that `p NAME ...` ([`PROBE_FN`]) printed in `out`.
+fn probe<'a>(out: &'a str, name: &str) -> Result<(i32, &'a str)> {
+    let prefix = format!("{name}: rc=");
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .with_context(|| format!("no `{name}` line in {out:?}"))?;
+    let (rc, text) = line.split_once(' ').unwrap_or((line, ""));
+    let rc = rc.parse().with_context(|| format!("{name}: rc {rc:?}"))?;
+    Ok((rc, text))
+}
+
+const SECURITY_PROBE: &str = "p touch 'touch /newfile'; p secret 'cat /etc/secret'; \
+    p ping 'ping -c 1 -W 1 127.0.0.1'; p mkdir 'mkdir /tmp/d'; \
+    if [ -d /tmp/d ]; then echo mkdir-made=yes; else echo mkdir-made=no; fi";
 
 /// Read-only rootfs, masked path, a dropped capability, a seccomp profile; and the same
 /// probe without them, which must succeed (so the checks can fail).
@@ -479,7 +501,8 @@ async fn security(ctx: &Ctx) -> Result<()> {
     for (id, locked) in [("sec-open", false), ("sec-locked", true)] {
         let root = ctx.rootfs(id)?;
         std::fs::write(ctx.share.join(id).join("rootfs/etc/secret"), "topsecret\n")?;
-        let mut spec = oci::spec(&root, id, &["sh", "-c", SECURITY_PROBE]);
+        let script = format!("{PROBE_FN}{SECURITY_PROBE}");
+        let mut spec = oci::spec(&root, id, &["sh", "-c", &script]);
         if locked {
             spec["root"]["readonly"] = json!(true);
             spec["linux"]["maskedPaths"]
@@ -507,29 +530,34 @@ async fn security(ctx: &Ctx) -> Result<()> {
         outs.push(o.stdout);
     }
     let (open, locked) = (&outs[0], &outs[1]);
+    let denied = |text: &str| text.contains("ermission denied") || text.contains("not permitted");
+    // The control: without the restrictions every probe works.
+    ensure!(probe(open, "touch")?.0 == 0, "open touch: {open}");
     ensure!(
-        open.contains("touch-rc=0") && open.contains("secret=topsecret"),
-        "open: {open}"
+        probe(open, "secret")? == (0, "topsecret"),
+        "open secret: {open}"
     );
-    ensure!(open.contains("mkdir-rc=0"), "open mkdir: {open}");
+    ensure!(probe(open, "mkdir")? == (0, ""), "open mkdir: {open}");
+    ensure!(open.contains("mkdir-made=yes"), "open mkdir: {open}");
+    ensure!(!denied(probe(open, "ping")?.1), "open ping: {open}");
+    let (rc, text) = probe(locked, "touch")?;
     ensure!(
-        !open.contains("ermission denied") && !open.contains("not permitted"),
-        "open ping: {open}"
-    );
-    ensure!(
-        locked.contains("Read-only file system") && !locked.contains("touch-rc=0"),
+        rc != 0 && text.contains("Read-only file system"),
         "ro root: {locked}"
     );
-    ensure!(locked.contains("secret=\n"), "masked path: {locked}");
+    ensure!(probe(locked, "secret")? == (0, ""), "masked path: {locked}");
+    let (rc, text) = probe(locked, "ping")?;
     ensure!(
-        locked.contains("ping-rc=1")
-            && (locked.contains("ermission denied") || locked.contains("not permitted")),
+        rc == 1 && denied(text),
         "ping without CAP_NET_RAW: {locked}"
     );
+    // mkdir itself failed with EPERM (the seccomp profile's errnoRet), and made nothing.
+    let (rc, text) = probe(locked, "mkdir")?;
     ensure!(
-        locked.contains("Operation not permitted") && locked.contains("mkdir-rc=1"),
+        rc == 1 && text.contains("/tmp/d") && text.ends_with("Operation not permitted"),
         "seccomp mkdir: {locked}"
     );
+    ensure!(locked.contains("mkdir-made=no"), "seccomp mkdir: {locked}");
     println!("CHECK security ok readonly masked cap_net_raw seccomp (and the open control passes)");
     Ok(())
 }
@@ -798,21 +826,36 @@ async fn connect(run_dir: &Path, tag: &str) -> Result<AgentClient> {
     Ok(agent)
 }
 
-async fn check(ctx: &Ctx) -> Result<()> {
+/// Runs the scenarios in order, or only those named in `only` (for debugging).
+async fn check(ctx: &Ctx, only: &[String]) -> Result<()> {
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let mut events = ctx.agent.events().await?;
-    isolation(ctx).await?;
-    stdio(ctx).await?;
-    exec_and_signals(ctx, &mut events).await?;
-    terminal(ctx).await?;
-    oom(ctx, &mut events).await?;
-    fork_bomb(ctx).await?;
-    security(ctx).await?;
-    process_attributes(ctx).await?;
-    files_reach_the_host(ctx).await?;
-    shared_volume(ctx).await?;
-    pause_resume(ctx).await?;
-    update_and_errors(ctx).await?;
-    nothing_left(ctx).await?;
+    macro_rules! scenario {
+        ($name:literal, $call:expr) => {
+            if wanted($name) {
+                $call.await.with_context(|| format!("scenario {}", $name))?;
+            }
+        };
+    }
+    scenario!("isolation", isolation(ctx));
+    scenario!("stdio", stdio(ctx));
+    scenario!("exec", exec_and_signals(ctx, &mut events));
+    scenario!("tty", terminal(ctx));
+    scenario!("oom", oom(ctx, &mut events));
+    scenario!("pids", fork_bomb(ctx));
+    scenario!("security", security(ctx));
+    scenario!("process", process_attributes(ctx));
+    scenario!("files", files_reach_the_host(ctx));
+    scenario!("volume", shared_volume(ctx));
+    scenario!("pause", pause_resume(ctx));
+    scenario!("update", update_and_errors(ctx));
+    scenario!("cpu", limits::cpu(ctx));
+    scenario!("io", limits::io(ctx));
+    scenario!("exec-identity", process::exec_identity(ctx));
+    scenario!("close-stdin", process::close_stdin(ctx));
+    scenario!("namespaces", confinement::namespaces(ctx));
+    scenario!("ro-paths", confinement::readonly_paths_and_binds(ctx));
+    scenario!("cleanup", nothing_left(ctx));
     Ok(())
 }
 
@@ -853,6 +896,7 @@ fn main() -> Result<()> {
     let mode = args.first().map(String::as_str).unwrap_or("");
     let (mut run_dir, mut share, mut busybox) = (None, None, None);
     let (mut tag, mut n) = ("husk".to_string(), 10usize);
+    let mut only = Vec::new();
     let mut i = 1;
     while i < args.len() {
         let value = args
@@ -864,6 +908,7 @@ fn main() -> Result<()> {
             "--busybox" => busybox = Some(PathBuf::from(value)),
             "--tag" => tag = value.clone(),
             "--n" => n = value.parse().context("--n")?,
+            "--only" => only = value.split(',').map(str::to_owned).collect(),
             other => bail!("unknown option {other}"),
         }
         i += 2;
@@ -883,7 +928,7 @@ fn main() -> Result<()> {
             busybox,
         };
         match mode {
-            "check" => check(&ctx).await,
+            "check" => check(&ctx, &only).await,
             "bench" => bench(&ctx, n.max(1)).await,
             // Debugging: a shell command in the guest's root, with the share mounted.
             "guest-sh" => {
