@@ -155,7 +155,9 @@ impl Mounts {
             // SAFETY: c is a NUL-terminated path living until the call returns.
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
                 let e = io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::EINVAL) {
+                // EINVAL: not a mount point (any more); ENOENT: the path itself is gone
+                // (the sandbox's run directory went with a dead VMM). Neither is mounted.
+                if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) {
                     log::warn!("unmounting {}: {e}", target.display());
                     stuck.push(target);
                 }
@@ -211,6 +213,20 @@ pub fn tmpfs_size(dir: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dead VMM's sandbox loses its run directory before the containers are
+    /// deleted: mount points that no longer exist are not "stuck", and the
+    /// container's directory is still removed.
+    #[test]
+    fn undo_counts_vanished_and_unmounted_targets_as_done() {
+        let dir = std::env::temp_dir().join(format!("husk-mounts-undo-{}", std::process::id()));
+        let mut m = Mounts::new(dir.clone()).unwrap();
+        m.made.push(dir.join("gone/rootfs"));
+        std::fs::create_dir_all(dir.join("plain")).unwrap();
+        m.made.push(dir.join("plain"));
+        assert!(m.undo().is_empty());
+        assert!(!dir.exists());
+    }
 
     #[test]
     fn only_a_tmpfs_mount_point_has_a_tmpfs_size() {
