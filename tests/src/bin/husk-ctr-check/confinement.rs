@@ -2,7 +2,6 @@
 //! read-only paths and bind mounts.
 
 use anyhow::{ensure, Context, Result};
-use husk_proto::client::ExitStatus;
 use husk_tests::oci;
 use serde_json::{json, Value};
 
@@ -53,13 +52,7 @@ async fn container_view(ctx: &Ctx, id: &str, edit: impl FnOnce(&mut Value)) -> R
     let mut spec = oci::spec(&root, id, &["sh", "-c", NS_PROBE]);
     edit(&mut spec);
     let o = ctx.run(id, &spec, None).await?;
-    ensure!(
-        o.status == ExitStatus::Exited(0),
-        "{id} ended {:?}: {}{}",
-        o.status,
-        o.stdout,
-        o.stderr
-    );
+    o.succeeded(id)?;
     ns_view(&o.stdout).with_context(|| format!("{id}: {}", o.stdout))
 }
 
@@ -205,13 +198,8 @@ pub async fn readonly_paths_and_binds(ctx: &Ctx) -> Result<()> {
                            "source": source(name), "options": options}));
     }
     let o = ctx.run(id, &spec, None).await?;
+    o.succeeded(id)?;
     let out = &o.stdout;
-    ensure!(
-        o.status == ExitStatus::Exited(0),
-        "ended {:?}: {out}{}",
-        o.status,
-        o.stderr
-    );
     let erofs = |name: &str| -> Result<()> {
         let (rc, text) = probe(out, name)?;
         ensure!(

@@ -97,12 +97,7 @@ pub async fn io(ctx: &Ctx) -> Result<()> {
         .guest_sh("ls /sys/block | wc -l; cat /sys/fs/cgroup/husk/io-stats/io.stat 2>&1 || true")
         .await?;
     ctx.agent.remove_container(id, false).await?;
-    ensure!(
-        o.status == ExitStatus::Exited(0),
-        "writer ended {:?}: {}",
-        o.status,
-        o.stderr
-    );
+    o.succeeded("the writer")?;
     ensure!(
         stats.io_read_bytes == 0 && stats.io_write_bytes == 0,
         "io counters without a block device: {stats:?}"

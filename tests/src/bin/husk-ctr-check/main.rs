@@ -43,6 +43,18 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// Ok if the process exited 0; otherwise an error naming `what` with its output.
+    fn succeeded(&self, what: &str) -> Result<()> {
+        ensure!(
+            self.status == ExitStatus::Exited(0),
+            "{what} ended {:?}: {}{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        Ok(())
+    }
+
     /// The exit code as a shell (and runc) reports it: 128+N for signal N.
     fn code(&self) -> i32 {
         match self.status {
@@ -520,13 +532,7 @@ async fn security(ctx: &Ctx) -> Result<()> {
             spec["linux"]["seccomp"] = oci::seccomp_deny(&["mkdir", "mkdirat"]);
         }
         let o = ctx.run(id, &spec, None).await?;
-        ensure!(
-            o.status == ExitStatus::Exited(0),
-            "{id} ended {:?}: {}{}",
-            o.status,
-            o.stdout,
-            o.stderr
-        );
+        o.succeeded(id)?;
         outs.push(o.stdout);
     }
     let (open, locked) = (&outs[0], &outs[1]);
@@ -575,13 +581,8 @@ async fn process_attributes(ctx: &Ctx) -> Result<()> {
     spec["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 123, "soft": 123}]);
     spec["linux"]["sysctl"] = json!({"kernel.msgmax": "4096"});
     let o = ctx.run(id, &spec, None).await?;
+    o.succeeded(id)?;
     let out = &o.stdout;
-    ensure!(
-        o.status == ExitStatus::Exited(0),
-        "ended {:?}: {out}{}",
-        o.status,
-        o.stderr
-    );
     ensure!(
         out.contains("uid=65534(nobody) gid=65534(nobody) groups=65534(nobody),1234")
             || out.contains("uid=65534(nobody) gid=65534(nobody) groups=1234"),
@@ -609,12 +610,7 @@ async fn files_reach_the_host(ctx: &Ctx) -> Result<()> {
     let o = ctx
         .run(id, &oci::spec(&root, id, &["sh", "-c", script]), None)
         .await?;
-    ensure!(
-        o.status == ExitStatus::Exited(0),
-        "{:?} {}",
-        o.status,
-        o.stderr
-    );
+    o.succeeded(id)?;
     let out = std::fs::read_to_string(ctx.share.join(id).join("rootfs/out.txt"))?;
     let want: String = (1..=10000).map(|i| format!("{i}\n")).collect();
     ensure!(

@@ -32,6 +32,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{stderr, stdout, Ctx, IDLE};
+use crate::cri::host::dir_entries;
 use crate::cri::{container_config, mount, poll, CriError, Result};
 use kubelet::PodDir;
 
@@ -221,7 +222,7 @@ async fn empty_dirs(ctx: &mut Ctx, w: &str, r: &str, cache: &Path) -> Result<()>
     let out = sh(ctx, w, "grep ' /cache ' /proc/mounts").await?;
     ctx.say("emptydir_fstype", fstype(&stdout(&out)));
     // husk keeps the emptyDir in the guest; runc writes the host directory.
-    let host = PodDir::entries(cache);
+    let host = dir_entries(cache);
     ctx.say("emptydir_host_entries", host.join(","));
     ctx.say(
         "emptydir_host_sees_writes",
@@ -229,7 +230,7 @@ async fn empty_dirs(ctx: &mut Ctx, w: &str, r: &str, cache: &Path) -> Result<()>
     );
     ctx.say(
         "emptydir_host_subpath_entries",
-        PodDir::entries(&cache.join("logs")).len(),
+        dir_entries(&cache.join("logs")).len(),
     );
     // medium: Memory, sizeLimit 8Mi: the volume's size in the container.
     let out = sh(ctx, w, "df -k /mem | tail -n 1").await?;

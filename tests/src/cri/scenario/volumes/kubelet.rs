@@ -137,19 +137,6 @@ impl PodDir {
         write(&path, &text)?;
         Ok(path)
     }
-
-    /// The files directly in `dir`, sorted.
-    pub fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
 }
 
 impl Drop for PodDir {
