@@ -272,13 +272,22 @@ impl RunningVm {
         )
     }
 
-    /// Asks the guest to power off and waits for the VMM; kills it after `timeout`.
+    /// Asks the guest to power off and waits for the VMM; kills it once
+    /// `timeout` has passed, counted from the request: a guest that does not
+    /// answer must not hold up the shim's Shutdown for the agent API's longer
+    /// request timeout.
     pub async fn shutdown(mut self, agent: &AgentClient, timeout: Duration) -> Result<()> {
-        if let Err(e) = agent.power_off().await {
-            eprintln!("husk: power-off request failed ({e}); stopping the VMM");
+        let deadline = tokio::time::Instant::now() + timeout;
+        let why = match tokio::time::timeout_at(deadline, agent.power_off()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("power-off request failed ({e})")),
+            Err(_) => Some(format!("no answer to power-off within {timeout:?}")),
+        };
+        if let Some(why) = why {
+            eprintln!("husk: {why}; stopping the VMM");
             let _ = self.child.start_kill();
         }
-        match tokio::time::timeout(timeout, self.child.wait()).await {
+        match tokio::time::timeout_at(deadline, self.child.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(()),
             Ok(Ok(status)) => bail!("husk-vmm ended with {status}{}", self.diagnostics()),
             // A subreaper's reaper (containerd-shim's) may have collected it.
@@ -289,5 +298,68 @@ impl RunningVm {
                 bail!("the guest did not power off within {timeout:?}; VMM killed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// A hybrid-vsock socket at `socket` whose guest accepts connections
+    /// and then never says another word, like a hung agent.
+    fn silent_guest(socket: &Path) {
+        let listener = UnixListener::bind(socket).expect("bind the vsock socket");
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn);
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() || !line.starts_with("CONNECT ") {
+                        return;
+                    }
+                    let _ = reader.get_mut().write_all(b"OK 1\n");
+                    // Swallow whatever the host sends until it hangs up.
+                    let _ = std::io::copy(&mut reader.take(u64::MAX), &mut std::io::sink());
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn shutdown_kills_the_vmm_when_the_guest_does_not_answer_in_time() {
+        let base = std::env::temp_dir().join(format!("husk-shim-vm-test-{}", std::process::id()));
+        let run_dir = RunDir::create(&base, Some("silent")).expect("run dir");
+        silent_guest(&run_dir.0.join(VSOCK_SOCKET));
+        let child = Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id().expect("pid") as libc::pid_t;
+        let vm = RunningVm { child, run_dir };
+        // The agent API's own request timeout stays long, as in the shim.
+        let agent = AgentClient::connect(&vm.run_dir.0)
+            .await
+            .expect("connect")
+            .with_timeout(Duration::from_secs(60));
+
+        let started = std::time::Instant::now();
+        let err = vm
+            .shutdown(&agent, Duration::from_millis(500))
+            .await
+            .expect_err("a silent guest cannot power off");
+        let took = started.elapsed();
+
+        assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+        assert!(
+            err.to_string().contains("did not power off"),
+            "unexpected error: {err:#}"
+        );
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "the VMM stand-in (pid {pid}) is still there");
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -86,6 +86,8 @@ fn main() -> Result<()> {
         .file(need(initramfs, "initramfs")?, "initramfs.cpio")
         .file(need(image, "image-tool")?, "husk-image")
         .host_root(true)
+        // Two emulated CPUs, as in the numbers published so far.
+        .cpus(2)
         .timeout(Duration::from_secs(1800));
     let out = testhost::run(&job)?;
     if !out.success() {

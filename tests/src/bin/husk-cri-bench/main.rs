@@ -473,7 +473,11 @@ fn build_and_run(
     // Room for the largest burst's guests, shims and sandboxes beside containerd.
     let largest = a.bursts.iter().copied().max().unwrap_or(0).max(a.pods) as u32;
     let memory = 2048 + largest * (a.guest.memory_mib + 64);
-    let mut j = job::job(script, &a.check, &busybox, &pause, timeout).memory_mib(memory);
+    // Two emulated CPUs, as in the published runs: bursts and Pod↔Pod traffic need
+    // parallelism, though L2 wedges more often with two (the tests use one).
+    let mut j = job::job(script, &a.check, &busybox, &pause, timeout)
+        .memory_mib(memory)
+        .cpus(2);
     if let Some(probe) = &a.probe {
         // Beside husk-cri-check: the host's TCP client in `workload`.
         j = j.file(probe, "husk-probe");
