@@ -6,7 +6,7 @@
 #   fetch.sh sid runsc      -> gVisor's runsc (bookworm's 20221219 cannot start a CRI
 #                              container; sid's is a static Go binary that runs here)
 # Prints the package's usr/bin directory: HUSK_CONTAINERD_BIN for containerd,
-# HUSK_RUNSC_BIN for runsc. runc stays the system's (bookworm's 1.1): the newer suites'
+# HUSK_RUNSC_BIN for runsc (with tests/containerd/runsc-for-runc-shim copied beside it). runc stays the system's (bookworm's 1.1): the newer suites'
 # runc needs a newer glibc, their containerd and runsc (Go) do not. Idempotent; see
 # docs/containerd-tests.md.
 #
@@ -45,5 +45,10 @@ if [ ! -e "$root/.complete" ]; then
     dpkg-deb -x "${package}"_*.deb "$root"
     "$root/usr/bin/"$probe >&2
     touch "$root/.complete"
+fi
+if [ "$package" = runsc ]; then
+    # The adapter that lets runc's shim drive runsc, refreshed from the tree every time.
+    cp "$(dirname "$0")/runsc-for-runc-shim" "$root/usr/bin/runsc-for-runc-shim.new"
+    mv "$root/usr/bin/runsc-for-runc-shim.new" "$root/usr/bin/runsc-for-runc-shim"
 fi
 echo "$root/usr/bin"

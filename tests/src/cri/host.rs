@@ -110,6 +110,9 @@ pub fn shim_of<'a>(procs: &'a [Process], sandbox_id: &str) -> Option<&'a Process
     })
 }
 
+/// The name the runsc adapter gives its watcher shells (`sh -c SCRIPT NAME ...`).
+pub const RUNSC_WATCHER: &str = "runsc-for-runc-shim-watcher";
+
 /// The processes that make up the pod `sandbox_id` under `handler`, for memory
 /// accounting and leak checks. Every runtime has its shim and what the shim
 /// started; a VM runtime may add processes that are not the shim's children.
@@ -122,7 +125,19 @@ pub fn pod_processes(handler: &str, procs: &[Process], sandbox_id: &str) -> BTre
         // runc (and crun and runsc under runc's shim): the shim, the pause
         // process and the containers' processes, all the shim's children (it is
         // their subreaper).
-        "runc" | "crun" | "runsc" => {}
+        "runc" | "crun" => {}
+        // runsc: less the watchers of `tests/containerd/runsc-for-runc-shim`,
+        // which stand in for what gVisor's own shim does in-process.
+        "runsc" => {
+            for w in procs
+                .iter()
+                .filter(|p| p.cmdline.iter().any(|a| a == RUNSC_WATCHER))
+            {
+                for pid in tree(procs, w.pid) {
+                    pids.remove(&pid);
+                }
+            }
+        }
         // husk: the shim and the pod's husk-vmm, whose command line names the
         // sandbox's run directory (/run/husk/<sandbox id>/), whoever its parent is.
         "husk" => {
@@ -396,6 +411,33 @@ mod tests {
         let plain: Vec<u32> = pod_processes("runc", &procs, "bbb").into_iter().collect();
         assert_eq!(plain, [30, 31]);
         assert!(is_shim(&procs[2]) && !is_shim(&procs[1]));
+    }
+
+    #[test]
+    fn a_runsc_pod_leaves_the_adapters_watchers_out() {
+        let procs = vec![
+            p(
+                20,
+                1,
+                "/usr/bin/containerd-shim-runc-v2 -namespace k8s.io -id ccc",
+            ),
+            p(21, 20, "runsc-gofer --root /r gofer"),
+            p(22, 20, "runsc-sandbox --root /r boot"),
+            p(
+                23,
+                20,
+                "sh -c SCRIPT runsc-for-runc-shim-watcher /b/runsc /r app",
+            ),
+            p(
+                24,
+                23,
+                "sh -c SCRIPT runsc-for-runc-shim-watcher /b/runsc /r app",
+            ),
+            p(25, 24, "/b/runsc --root /r wait app"),
+            p(26, 20, "runsc-gofer --root /r gofer app"),
+        ];
+        let runsc: Vec<u32> = pod_processes("runsc", &procs, "ccc").into_iter().collect();
+        assert_eq!(runsc, [20, 21, 22, 26]);
     }
 
     #[test]

@@ -61,10 +61,12 @@ pub struct Handler {
 }
 
 /// The handlers `husk-cri-bench` compares. gVisor's `runsc` is served by runc's
-/// shim: Debian packages no `containerd-shim-runsc-v1`. Its binary is
-/// `$HUSK_RUNSC_BIN/runsc` when that is set ([`RUNSC_BIN_ENV`], e.g. from
-/// `tests/containerd/fetch.sh trixie runsc`). No Debian runsc completes a Pod's
-/// life under runc's shim yet: see `docs/benchmarks.md`, "gVisor".
+/// shim: Debian packages no `containerd-shim-runsc-v1`. When
+/// [`RUNSC_BIN_ENV`] names a directory (`tests/containerd/fetch.sh trixie
+/// runsc` prints one), the runtime binary is the adapter
+/// `tests/containerd/runsc-for-runc-shim` there, in front of that directory's
+/// `runsc`; otherwise Debian's `/usr/bin/runsc` alone, which runc's shim cannot
+/// take through a Pod's life. See `docs/benchmarks.md`, "gVisor".
 pub const HANDLERS: &[Handler] = &[
     Handler {
         name: "runc",
@@ -92,8 +94,12 @@ pub const HANDLERS: &[Handler] = &[
     },
 ];
 
-/// The directory of the `runsc` to use instead of `/usr/bin/runsc`.
+/// The directory of the `runsc` (and its adapter for runc's shim) to use
+/// instead of `/usr/bin/runsc`.
 pub const RUNSC_BIN_ENV: &str = "HUSK_RUNSC_BIN";
+
+/// The adapter's name in [`RUNSC_BIN_ENV`]'s directory.
+pub const RUNSC_ADAPTER: &str = "runsc-for-runc-shim";
 
 /// The known handler `name`.
 pub fn handler(name: &str) -> Option<&'static Handler> {
@@ -101,11 +107,11 @@ pub fn handler(name: &str) -> Option<&'static Handler> {
 }
 
 /// The runtime binary of `h` on this machine: its [`Handler::binary`], or for
-/// `runsc` the one in `$HUSK_RUNSC_BIN` when that is set.
+/// `runsc` the adapter in `$HUSK_RUNSC_BIN` when that is set.
 fn handler_binary(h: &Handler) -> Option<String> {
     match std::env::var(RUNSC_BIN_ENV) {
         Ok(dir) if h.name == "runsc" && !dir.is_empty() => {
-            Some(Path::new(&dir).join("runsc").display().to_string())
+            Some(Path::new(&dir).join(RUNSC_ADAPTER).display().to_string())
         }
         _ => h.binary.map(str::to_string),
     }
@@ -127,9 +133,13 @@ pub fn containerd_for(base: &str, names: &[String]) -> Result<Containerd, CriJob
         })?;
         if let Some(binary) = handler_binary(h) {
             if !Path::new(&binary).is_file() {
+                let how = if binary.ends_with(RUNSC_ADAPTER) {
+                    "tests/containerd/fetch.sh SUITE runsc".to_string()
+                } else {
+                    format!("apt-get install {}", h.package)
+                };
                 return Err(CriJobError::Handler(format!(
-                    "{binary} is not installed: apt-get install {}",
-                    h.package
+                    "{binary} is not installed: {how}"
                 )));
             }
             binaries.push((h.name.to_string(), binary));
@@ -444,5 +454,110 @@ mod tests {
         });
         assert!(s.contains("vcpus = 1\nmemory_mib = 256\nlog_level = \"warn\"\n"));
         assert!(s.contains("export HUSK_CONFIG=/opt/husk-test/config.toml"));
+    }
+
+    /// A stand-in runsc for the adapter: logs its arguments, says "created" until
+    /// `start` ran, and has every container end with status 3.
+    const FAKE_RUNSC: &str = r#"#!/bin/sh
+d=$(dirname "$0")
+echo "$*" >>"$d/calls"
+for a; do id=$a; done
+case " $* " in
+    *" start "*) touch "$d/started"; echo out; echo err >&2 ;;
+    *" state "*) if [ -e "$d/started" ]; then s=running; else s=created; fi
+        printf '{\n  "id": "%s",\n  "status": "%s"\n}\n' "$id" "$s" ;;
+    *" wait "*) printf '{"id":"%s","exitStatus":3}\n' "$id" ;;
+    *" kill "*) echo "sandbox is not running"; exit 128 ;;
+esac
+"#;
+
+    #[test]
+    fn the_runsc_adapter_stands_a_watcher_in_for_an_app_container() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("husk-runsc-adapter-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bundle")).unwrap();
+        let runsc = dir.join("runsc");
+        std::fs::write(&runsc, FAKE_RUNSC).unwrap();
+        std::fs::set_permissions(&runsc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let adapter = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("containerd")
+            .join(RUNSC_ADAPTER);
+        std::fs::copy(&adapter, dir.join(RUNSC_ADAPTER)).unwrap();
+        let config = dir.join("bundle/config.json");
+        let pid_file = dir.join("pid");
+        let run = |args: &[&str]| {
+            std::process::Command::new(dir.join(RUNSC_ADAPTER))
+                .args(["--root", "/r", "--log", "/l", "--log-format", "json"])
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let create = |id: &str| {
+            run(&[
+                "create",
+                "--bundle",
+                dir.join("bundle").to_str().unwrap(),
+                "--pid-file",
+                pid_file.to_str().unwrap(),
+                id,
+            ])
+        };
+
+        // The pause container: runsc's own pid file, no watcher.
+        std::fs::write(
+            &config,
+            r#"{"annotations": {"io.kubernetes.cri.container-type": "sandbox"}}"#,
+        )
+        .unwrap();
+        assert!(create("pod").status.success());
+        assert!(!pid_file.exists(), "a watcher for the pause container");
+
+        // An app container: the watcher waits for start, then exits with the status.
+        std::fs::write(
+            &config,
+            r#"{"annotations": {"io.kubernetes.cri.container-type": "container"}}"#,
+        )
+        .unwrap();
+        // SAFETY: prctl(2) with integer arguments; this process then reaps the
+        // watcher, which is orphaned when the adapter exits, as runc's shim does.
+        assert_eq!(
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+            0
+        );
+        assert!(create("app").status.success());
+        let pid: libc::pid_t = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .parse()
+            .expect("a pid without a newline");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut status = 0;
+        // SAFETY: waitpid(2) writes only to `status`.
+        let early = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert_eq!(early, 0, "the watcher ended before the container started");
+
+        let start = run(&["start", "app"]);
+        assert!(start.status.success());
+        assert!(
+            start.stdout.is_empty() && start.stderr.is_empty(),
+            "start kept its output: {start:?}"
+        );
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 3);
+
+        // A kill after the end reads as runc's "container not running".
+        let kill = run(&["kill", "app", "9"]);
+        assert_eq!(kill.status.code(), Some(128));
+        let said = String::from_utf8_lossy(&kill.stderr);
+        assert!(said.starts_with("container not running: "), "{said}");
+
+        let calls = std::fs::read_to_string(dir.join("calls")).unwrap();
+        assert!(calls.contains("--root /r wait app"), "{calls}");
+        assert!(
+            calls.contains("--root /r --log /l --log-format json start app"),
+            "{calls}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
