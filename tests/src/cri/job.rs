@@ -519,12 +519,11 @@ esac
             r#"{"annotations": {"io.kubernetes.cri.container-type": "container"}}"#,
         )
         .unwrap();
-        // SAFETY: prctl(2) with integer arguments; this process then reaps the
-        // watcher, which is orphaned when the adapter exits, as runc's shim does.
-        assert_eq!(
-            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-            0
-        );
+        // This process then reaps the watcher, orphaned when the adapter exits,
+        // as runc's shim does.
+        // SAFETY: prctl(2) with integer arguments only.
+        let subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(subreaper, 0);
         assert!(create("app").status.success());
         let pid: libc::pid_t = std::fs::read_to_string(&pid_file)
             .unwrap()
