@@ -13,6 +13,7 @@
 #   tests/containerd/fetch.sh trixie      # /var/cache/husk/containerd/trixie/<version>/usr/bin
 #   tests/containerd/fetch.sh sid runsc   # /var/cache/husk/runsc/sid/<version>/usr/bin
 set -eu
+here=$(cd "$(dirname "$0")" && pwd)
 suite=${1:?usage: fetch.sh SUITE (trixie, sid) [PACKAGE (containerd, runsc)]}
 package=${2:-containerd}
 case $package in
@@ -48,7 +49,7 @@ if [ ! -e "$root/.complete" ]; then
 fi
 if [ "$package" = runsc ]; then
     # The adapter that lets runc's shim drive runsc, refreshed from the tree every time.
-    cp "$(dirname "$0")/runsc-for-runc-shim" "$root/usr/bin/runsc-for-runc-shim.new"
+    cp "$here/runsc-for-runc-shim" "$root/usr/bin/runsc-for-runc-shim.new"
     mv "$root/usr/bin/runsc-for-runc-shim.new" "$root/usr/bin/runsc-for-runc-shim"
 fi
 echo "$root/usr/bin"
